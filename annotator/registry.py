@@ -1,0 +1,257 @@
+"""The table of detectors: name -> how to build it, its UI parameters and how its map is resized.
+
+Detector contract: `detector(image, **params) -> map`, where `image` is an H×W×3 uint8 RGB array
+already resized to the detect resolution by the caller and `map` is H×W×3 uint8 of the same H×W.
+
+Adding a detector
+-----------------
+1. Write `annotator/<pkg>/` with a detector class taking `(device, random_init)`; `random_init=True`
+   must build the network with random weights and read no file.
+2. Add a factory below that imports your package *inside* the function (a broken or missing package
+   then only breaks its own entry) and a `DetectorSpec` to `SPECS`:
+   `params` are the user-facing knobs (their names are the detector's keyword arguments), `weights`
+   the `cldm.hub` keys the factory resolves, `map_interpolation` how apps resize the map to the
+   output size ("nearest", "bilinear" or "none" when the map is made at the output size).
+3. Add the name to the expectations in `tests/test_annotator_registry.py` (every registered
+   detector is run there on grey/RGB/RGBA/odd-sized input with `random_init=True`).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from annotator.util import AnnotatorInputError, check_image, resize_map
+
+Detector = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-facing parameter: a slider (int/float default) or a checkbox (bool default)."""
+
+    name: str
+    label: str
+    default: float | int | bool
+    minimum: float | int | None = None
+    maximum: float | int | None = None
+    step: float | int | None = None
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def coerce(self, value):
+        """Return `value` as this parameter's type, or raise AnnotatorInputError naming the label."""
+        if self.kind is bool:
+            if isinstance(value, (bool, np.bool_)):
+                return bool(value)
+            raise AnnotatorInputError(f"{self.label}: expected true/false, got {value!r}")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise AnnotatorInputError(f"{self.label}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise AnnotatorInputError(f"{self.label}: expected a finite number, got {value!r}")
+        if self.kind is int:
+            if float(value) != int(value):  # sliders may send 100.0 for 100
+                raise AnnotatorInputError(f"{self.label}: expected a whole number, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+            raise AnnotatorInputError(
+                f"{self.label}: {value} is outside the allowed range {self.minimum}..{self.maximum}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    title: str
+    factory: Callable[[str, bool], Detector]  # (device, random_init) -> detector
+    params: tuple[Param, ...] = ()
+    map_interpolation: str = "none"
+    weights: tuple[str, ...] = ()  # cldm.hub keys; empty = no network
+    # Fake scribble: the map is resized *between* two stages, so the detector exposes
+    # `prepare(image, **params)` (map at detect size) and `finish(map)` (at output size).
+    finish_after_resize: bool = False
+    _names: frozenset = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_names", frozenset(p.name for p in self.params))
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.params}
+
+    def validate(self, params: Mapping | None = None) -> dict:
+        """Checked, typed values for every parameter (defaults filled in); unknown names are refused."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - self._names)
+        if unknown:
+            raise AnnotatorInputError(
+                f"{self.title}: unknown parameter(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(sorted(self._names)) or 'none'}"
+            )
+        return {p.name: p.coerce(params.get(p.name, p.default)) for p in self.params}
+
+
+# --- factories: each imports its package only when the detector is built ---------------------------
+
+
+def _canny(device: str, random_init: bool) -> Detector:
+    from annotator.canny import CannyDetector
+
+    return CannyDetector()
+
+
+def _scribble(device: str, random_init: bool) -> Detector:
+    from annotator.scribble import ScribbleDetector
+
+    return ScribbleDetector()
+
+
+def _hed(device: str, random_init: bool) -> Detector:
+    from annotator.hed import HEDDetector
+
+    return HEDDetector(device=device, random_init=random_init)
+
+
+def _fake_scribble(device: str, random_init: bool) -> Detector:
+    from annotator.hed import FakeScribbleDetector
+
+    return FakeScribbleDetector(device=device, random_init=random_init)
+
+
+def _mlsd(device: str, random_init: bool) -> Detector:
+    from annotator.mlsd import MLSDDetector
+
+    return MLSDDetector(device=device, random_init=random_init)
+
+
+def _openpose(device: str, random_init: bool) -> Detector:
+    from annotator.openpose import OpenposeDetector
+
+    return OpenposeDetector(device=device, random_init=random_init)
+
+
+def _seg(device: str, random_init: bool) -> Detector:
+    from annotator.uniformer import UniformerDetector
+
+    return UniformerDetector(device=device, random_init=random_init)
+
+
+def _depth(device: str, random_init: bool) -> Detector:
+    from annotator.midas import MidasDepthDetector
+
+    return MidasDepthDetector(device=device, random_init=random_init)
+
+
+def _normal(device: str, random_init: bool) -> Detector:
+    from annotator.midas import MidasNormalDetector
+
+    return MidasNormalDetector(device=device, random_init=random_init)
+
+
+SPECS: tuple[DetectorSpec, ...] = (
+    DetectorSpec(
+        "canny", "Canny Edge", _canny,
+        params=(
+            Param("low_threshold", "Canny low threshold", 100, 1, 255, 1),
+            Param("high_threshold", "Canny high threshold", 200, 1, 255, 1),
+        ),
+        map_interpolation="none",
+    ),
+    DetectorSpec(
+        "mlsd", "M-LSD Lines", _mlsd,
+        params=(
+            Param("value_threshold", "Hough value threshold (MLSD)", 0.1, 0.01, 2.0, 0.01),
+            Param("distance_threshold", "Hough distance threshold (MLSD)", 0.1, 0.01, 20.0, 0.01),
+        ),
+        map_interpolation="nearest",
+        weights=("mlsd",),
+    ),
+    DetectorSpec("hed", "HED Edge", _hed, map_interpolation="bilinear", weights=("hed",)),
+    DetectorSpec("scribble", "Scribble (threshold)", _scribble, map_interpolation="none"),
+    DetectorSpec(
+        "fake_scribble", "Fake Scribble (HED)", _fake_scribble,
+        map_interpolation="bilinear", weights=("hed",), finish_after_resize=True,
+    ),
+    DetectorSpec(
+        "openpose", "OpenPose", _openpose,
+        params=(Param("hand", "Detect hand", False),),
+        map_interpolation="nearest",
+        weights=("openpose_body", "openpose_hand"),
+    ),
+    DetectorSpec("seg", "Uniformer Segmentation", _seg, map_interpolation="nearest", weights=("uniformer",)),
+    DetectorSpec("depth", "MiDaS Depth", _depth, map_interpolation="bilinear", weights=("midas",)),
+    DetectorSpec(
+        "normal", "MiDaS Normal", _normal,
+        params=(
+            Param("bg_threshold", "Normal background threshold", 0.4, 0.0, 1.0, 0.01),
+            Param("alpha", "Normal z constant (alpha)", 2 * math.pi, 0.1, 20.0, 0.01),
+        ),
+        map_interpolation="bilinear",
+        weights=("midas",),
+    ),
+)
+
+REGISTRY: dict[str, DetectorSpec] = {spec.name: spec for spec in SPECS}
+
+
+def spec(name: str) -> DetectorSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise AnnotatorInputError(f"unknown annotator {name!r}; available: {', '.join(REGISTRY)}") from None
+
+
+class Annotator:
+    """A built detector bound to its spec: checks the image and the parameters, then runs it."""
+
+    def __init__(self, spec: DetectorSpec, detector: Detector):
+        self.spec = spec
+        self.detector = detector
+
+    def __call__(self, image, **params) -> np.ndarray:
+        return self.detector(check_image(image), **self.spec.validate(params))
+
+    def control_map(self, image, size: tuple[int, int], **params) -> np.ndarray:
+        """The apps' rule: detect on `image` (detect resolution), then resize the map to size = (H, W)."""
+        image, values = check_image(image), self.spec.validate(params)
+        interpolation = self.spec.map_interpolation
+        if self.spec.finish_after_resize:
+            return self.detector.finish(resize_map(self.detector.prepare(image, **values), size, interpolation))
+        return resize_map(self.detector(image, **values), size, interpolation)
+
+
+# Built detectors. Networks are big, so at most one detector with weights stays resident;
+# weightless ones (canny, scribble) cost nothing and are kept.
+_CACHE: dict[tuple[str, str, bool], Annotator] = {}
+_CACHE_LOCK = threading.Lock()  # the UI serves requests from several threads
+
+
+def available() -> list[str]:
+    return list(REGISTRY)
+
+
+def load(name: str, device: str = "cpu", random_init: bool = False) -> Annotator:
+    """The detector `name` on `device`; `random_init=True` uses random weights and reads no file."""
+    key = (name, str(device), bool(random_init))
+    entry = spec(name)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        if entry.weights:
+            for other in [k for k in _CACHE if REGISTRY[k[0]].weights]:
+                del _CACHE[other]
+        annotator = Annotator(entry, entry.factory(str(device), bool(random_init)))
+        _CACHE[key] = annotator
+        return annotator
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -1,0 +1,58 @@
+"""Loading annotator weight files safely: plain tensor dicts only, keys checked, any float dtype."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+class WeightFileError(RuntimeError):
+    """A weight file exists but does not hold what the network expects; the message names the file."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .pth/.pt file, read with weights_only=True (never unpickles arbitrary objects)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightFileError(f"cannot read weight file {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightFileError(f"weight file {path} is not a plain dict of tensors")
+    return state
+
+
+def load_into(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Copy the file's tensors into `module` (fp16 files land in the module's fp32 parameters)."""
+    state = read_state_dict(path)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightFileError(
+            f"weight file {path} does not match {type(module).__name__}: "
+            f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}"
+        )
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise WeightFileError(
+            f"weight file {path}: {len(wrong)} tensor(s) have the wrong shape, e.g. {k}: "
+            f"{tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} expected"
+        )
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def build_network(make: Callable[[], torch.nn.Module], hub_key: str, device: str, random_init: bool) -> torch.nn.Module:
+    """`make()` in eval mode on `device`, with the weights of `hub_key` or, if random_init, seeded random ones."""
+    if random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random network every time (tests, --tiny demos)
+            net = make()
+    else:
+        from cldm.hub import resolve
+
+        net = load_into(make(), resolve(hub_key))
+    return net.float().eval().to(device)
+

@@ -1,0 +1,267 @@
+"""The shared Gradio builder: the layout of section a.0 in Gradio 6, the annotator page, and the
+server-side checks of everything a page (or an API caller) sends.
+
+One `Blocks` serves one app or all of them as tabs (`build_demo`); every app gets a named API
+endpoint (`/canny`, `/mlsd`, …, `/annotate_<section>` on the annotator page) and `/status` reports
+the model manager's state (what was loaded how often).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+
+from annotator.registry import REGISTRY, Param
+from annotator.util import AnnotatorInputError, check_image, resize_image
+from annotator.weights import WeightFileError
+from apps.spec import A_PROMPT, N_PROMPT, SEED, AppSpec, InvalidInput, check_param, read_image, run_app, validate
+from cldm.checkpoint import CheckpointError
+from cldm.ddim import SamplingCancelled
+from cldm.hub import WeightsUnavailable
+from cldm.loader import ModelManager
+from cldm.pipeline import GenerationInputError
+
+log = logging.getLogger(__name__)
+
+TINY_BANNER = "TINY RANDOM-WEIGHT MODE — outputs are noise, for testing only"
+CSS = """
+#tiny-banner { background: #b91c1c; color: white; padding: 6px 12px; border-radius: 6px; text-align: center; }
+#tiny-banner p { color: white; font-weight: 700; margin: 0; }
+"""
+MAX_UPLOAD = "50mb"
+USER_ERRORS = (InvalidInput, GenerationInputError, AnnotatorInputError, CheckpointError, WeightsUnavailable, WeightFileError)
+
+
+# ---- input components ---------------------------------------------------------------------------------------
+
+
+class CheckedImage(gr.Image):
+    """An upload read with `apps.spec.read_image`: refused with a clear message when it is not a readable
+    8-bit image of an accepted size (checked from the header, before the pixels are decoded)."""
+
+    is_template = True  # rendered by the frontend's Image component
+
+    def preprocess(self, payload: Any) -> np.ndarray | None:
+        if payload is None:
+            return None
+        if getattr(payload, "path", None) is None:  # a data: URL; gradio decodes it
+            return super().preprocess(payload)
+        try:
+            return read_image(payload.path, getattr(payload, "orig_name", None))
+        except InvalidInput as err:
+            raise user_error(err) from None
+
+
+def param_component(param: Param, elem_id: str | None = None) -> gr.components.Component:
+    """The control for a Param: a checkbox (bool), a number box (no range/step) or a slider."""
+    if param.kind is bool:
+        return gr.Checkbox(label=param.label, value=param.default, elem_id=elem_id)
+    if param.step is None or param.minimum is None or param.maximum is None:
+        return gr.Number(label=param.label, value=param.default, minimum=param.minimum, maximum=param.maximum, elem_id=elem_id)
+    return gr.Slider(label=param.label, minimum=param.minimum, maximum=param.maximum, value=param.default,
+                     step=param.step, randomize=param is SEED, elem_id=elem_id)
+
+
+def user_error(err: Exception) -> gr.Error:
+    return gr.Error(str(err), title="Cannot run")
+
+
+def unexpected_error(err: Exception) -> gr.Error:
+    log.exception("unexpected error while serving a request")
+    if isinstance(err, torch.OutOfMemoryError):
+        return gr.Error("Out of memory. Lower Images or Image Resolution, or start with --low-memory.", title="Cannot run")
+    return gr.Error(f"Internal error ({type(err).__name__}: {err}). The server log has the details.", title="Internal error")
+
+
+# ---- generation apps ------------------------------------------------------------------------------------------
+
+
+class CancelToken:
+    """Per-session Stop flag: kept in a gr.State, so every session gets its own (deepcopy makes a fresh one)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __deepcopy__(self, memo) -> CancelToken:
+        return CancelToken()
+
+
+def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
+    width, height = spec.canvas
+    with gr.Row():
+        canvas_width = param_component(width, f"{spec.name}-canvas-width")
+        canvas_height = param_component(height, f"{spec.name}-canvas-height")
+    open_canvas = gr.Button("Open drawing canvas!", elem_id=f"{spec.name}-open-canvas")
+    gr.Markdown("Draw with the black brush (its size is under the brush icon); the eraser and undo are in the toolbar.")
+    sketch = gr.Sketchpad(
+        label="Drawing", type="numpy", image_mode="RGBA", canvas_size=(width.default, height.default),
+        brush=gr.Brush(default_size=6, colors=["#000000"], default_color="#000000", color_mode="fixed"),
+        eraser=gr.Eraser(default_size=16), layers=False, elem_id=f"{spec.name}-input",
+    )
+
+    def blank_canvas(w, h):
+        try:
+            w, h = check_param(width, w), check_param(height, h)
+        except InvalidInput as err:
+            raise user_error(err) from None
+        white = np.full((h, w, 4), 255, np.uint8)
+        return gr.Sketchpad(value={"background": white, "layers": [], "composite": white}, canvas_size=(w, h))
+
+    open_canvas.click(blank_canvas, [canvas_width, canvas_height], sketch, queue=False, api_name=f"{spec.name}_canvas")
+    return sketch
+
+
+def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
+    """One generation app (section a.0) inside the current Blocks/Tab context."""
+    name = spec.name
+    token = gr.State(CancelToken())
+    with gr.Row():
+        gr.Markdown(f"## Control Stable Diffusion with {spec.title}")
+    with gr.Row():
+        with gr.Column():
+            if spec.canvas:
+                image = _canvas_input(spec)
+            else:
+                image = CheckedImage(label="Input image", sources=["upload"], type="numpy", image_mode=None,
+                                     elem_id=f"{name}-input")
+            prompt = gr.Textbox(label="Prompt", elem_id=f"{name}-prompt")
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", elem_id=f"{name}-run")
+                stop = gr.Button("Stop", variant="stop", elem_id=f"{name}-stop")
+            with gr.Accordion("Advanced options", open=False, elem_id=f"{name}-advanced"):
+                controls = [param_component(p, f"{name}-{p.name}") for p in spec.controls]
+                a_prompt = gr.Textbox(label="Added Prompt", value=A_PROMPT)
+                n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
+                weights = gr.Dropdown(label="ControlNet weights", choices=spec.weight_choices(), value=spec.weights[0],
+                                      elem_id=f"{name}-weights")
+            if spec.notes:
+                gr.Markdown(spec.notes)
+        with gr.Column():
+            gallery = gr.Gallery(label="Output", show_label=False, elem_id=f"{name}-gallery", columns=2, height="auto",
+                                 object_fit="contain", format="png")
+            seed_used = gr.Markdown(elem_id=f"{name}-seed-used")
+            status = gr.Markdown(status_line(), elem_id=f"{name}-status")
+
+    names = [p.name for p in spec.controls]
+
+    def process(cancel: CancelToken, image_value, prompt_value, *rest, progress=gr.Progress()):
+        cancel.event.clear()
+        values = dict(zip(names, rest[: len(names)]))
+        a_value, n_value, weights_value = rest[len(names):]
+
+        def on_step(done: int, total: int) -> bool:
+            progress((done, total), desc="Sampling", unit="steps")
+            return not cancel.event.is_set()
+
+        try:
+            request = validate(spec, values, prompt_value, a_value, n_value, weights_value)
+            progress(0, desc="Detecting the control map")
+            result = run_app(spec, manager, image_value, request, on_step=on_step,
+                             on_status=lambda text: progress(None, desc=text))
+        except USER_ERRORS as err:
+            raise user_error(err) from None
+        except SamplingCancelled as err:
+            raise gr.Error(f"Stopped ({err}).", title="Stopped") from None
+        except gr.Error:
+            raise
+        except Exception as err:  # noqa: BLE001 - the page must keep serving; the log has the traceback
+            raise unexpected_error(err) from None
+        gallery_items = [(result.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
+        return gallery_items, f"Seed used: **{result.seed}**", status_line()
+
+    inputs, outputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights], [gallery, seed_used, status]
+    clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
+    submitted = prompt.submit(process, inputs, outputs, api_visibility="private", concurrency_id="generate")
+    stop.click(lambda cancel: cancel.event.set(), [token], None, cancels=[clicked, submitted], queue=False,
+               api_visibility="private")
+
+
+# ---- annotator page -------------------------------------------------------------------------------------------
+
+
+def build_annotator_page(sections: Sequence, manager: ModelManager) -> None:
+    """Section a.2: one block per detector group: upload, its parameters, a resolution, Run, a gallery."""
+    gr.Markdown("## Annotators")
+    for section in sections:
+        with gr.Row():
+            gr.Markdown(f"## {section.title}")
+        with gr.Row():
+            with gr.Column():
+                image = CheckedImage(label="Input image", sources=["upload"], type="numpy", image_mode=None,
+                                     elem_id=f"annotate-{section.name}-input")
+                controls = [param_component(p, f"annotate-{section.name}-{p.name}") for p in section.controls]
+                run = gr.Button("Run", variant="primary", elem_id=f"annotate-{section.name}-run")
+            with gr.Column():
+                gallery = gr.Gallery(label="Generated images", show_label=False, height="auto", format="png",
+                                     elem_id=f"annotate-{section.name}-gallery")
+        run.click(_annotate_fn(section, manager), [image, *controls], gallery, api_name=f"annotate_{section.name}",
+                  concurrency_id="annotate")
+
+
+def _annotate_fn(section, manager: ModelManager):
+    def annotate(image_value, *values):
+        try:
+            if image_value is None:
+                raise InvalidInput("No input image: upload an image first.")
+            checked = {p.name: check_param(p, v) for p, v in zip(section.controls, values)}
+            image = resize_image(check_image(image_value), checked.pop("resolution"))
+            maps = []
+            for detector in section.detectors:
+                accepted = {p.name for p in REGISTRY[detector].params}
+                params = {**{k: v for k, v in section.fixed.items() if k in accepted},
+                          **{k: v for k, v in checked.items() if k in accepted}}
+                maps.append(manager.annotator(detector)(image, **params))
+            return maps
+        except USER_ERRORS as err:
+            raise user_error(err) from None
+        except Exception as err:  # noqa: BLE001
+            raise unexpected_error(err) from None
+
+    return annotate
+
+
+# ---- the page ---------------------------------------------------------------------------------------------------
+
+
+def status_text(manager: ModelManager) -> str:
+    s = manager.status()
+    reads = ", ".join(f"{k} ×{n}" for k, n in s["control_loads"].items()) or "none yet"
+    return (f"Model: base loads: {s['base_loads']} · active ControlNet: {s['active_control'] or 'none'} · "
+            f"ControlNet file reads: {reads} · device {s['device']} ({s['dtype']})")
+
+
+def build_demo(apps: Sequence[AppSpec], manager: ModelManager, annotator_sections: Sequence | None = None,
+               title: str = "ControlNet demo suite") -> gr.Blocks:
+    """One app, or several as tabs (plus the annotator page when `annotator_sections` is given)."""
+
+    def status_line() -> str:
+        return status_text(manager)
+
+    with gr.Blocks(title=title) as demo:
+        if manager.tiny:
+            gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
+        pages = len(apps) + (annotator_sections is not None)
+        if pages == 1 and apps:
+            build_app(apps[0], manager, status_line)
+        elif pages == 1:
+            build_annotator_page(annotator_sections, manager)
+        else:
+            with gr.Tabs():
+                for spec in apps:
+                    with gr.Tab(spec.title.removesuffix(" Maps"), id=spec.name, elem_id=f"tab-{spec.name}"):
+                        build_app(spec, manager, status_line)
+                if annotator_sections is not None:
+                    with gr.Tab("Annotators", id="annotators", elem_id="tab-annotators"):
+                        build_annotator_page(annotator_sections, manager)
+
+        def status() -> dict:
+            """The model manager's state: base loads, ControlNet reads per file, the active weights."""
+            return manager.status()
+
+        gr.api(status, api_name="status")
+    return demo

@@ -1,0 +1,10 @@
+"""HED soft edges (the ControlNet 1.1 soft-edge weights are offered too)."""
+from apps.spec import AppSpec, detect_resolution
+
+APP = AppSpec(
+    name="hed",
+    title="HED Maps",
+    annotator="hed",
+    weights=("cn10_hed", "cn11_softedge"),
+    detect_resolution=detect_resolution("HED Resolution"),
+)

@@ -1,0 +1,10 @@
+"""Human pose (OpenPose body only, as the 1.0 model was trained: the hand option stays off)."""
+from apps.spec import AppSpec, detect_resolution
+
+APP = AppSpec(
+    name="pose",
+    title="Human Pose",
+    annotator="openpose",
+    weights=("cn10_openpose", "cn11_openpose"),
+    detect_resolution=detect_resolution("OpenPose Resolution"),
+)

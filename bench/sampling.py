@@ -1,0 +1,245 @@
+"""Benchmark: our generate() vs diffusers' StableDiffusionControlNetPipeline on the same random weights (CPU).
+
+    python -m bench.sampling [--threads N] [--res 256 512] [--steps 20] [--dtype float32 bfloat16]
+
+Random full-size weights are built once in the official layout (every parameter non-zero, zero convolutions
+included) and written to a .pth file (torch's zip format, memory-mapped on load); a converted copy is saved in diffusers' folder layout. Each
+measurement then runs in a fresh subprocess that loads its side from disk and generates one image
+(batch 2 with classifier-free guidance, scale 9, eta 0) after a warm-up step. Reported per run:
+* `total`: wall time of the whole call (text encoding, the DDIM steps, VAE decode);
+* `step`: mean time of the DDIM steps after the first (from the per-step callbacks);
+* `peak_rss_gen`: peak resident memory while generating (psutil, sampled every 10 ms);
+* `maxrss`: the process's lifetime peak RSS (getrusage ru_maxrss), loading included.
+RSS counts memory-mapped weight pages that have been touched, for both sides alike.
+The machine load (os.getloadavg) is recorded before each run: on a shared 2-core box it dominates timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT, A_PROMPT, N_PROMPT = "a house by a lake", "best quality, extremely detailed", "lowres, bad anatomy"
+SCALE, SEED = 9.0, 12345
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def control_map(res: int) -> np.ndarray:
+    """A deterministic line drawing (white strokes on black), like a Canny map."""
+    img = np.zeros((res, res, 3), np.uint8)
+    yy, xx = np.mgrid[:res, :res]
+    for k in range(1, 6):
+        ring = np.abs(np.hypot(yy - res / 2, xx - res / 2) - k * res / 12) < 1.5
+        img[ring] = 255
+    img[res // 3, :] = 255
+    return img
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Non-zero random parameters, in place (as tests/tiny.py: fan-in scaled weights, norms near 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if p.ndim >= 2:
+                p.copy_(noise / p[0].numel() ** 0.5)
+            else:
+                p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
+
+
+class PeakRSS:
+    """Peak resident set size of this process, sampled by a thread while the block runs."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak, self._stop = 0, threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def prepare(work: Path, config: Path) -> None:
+    """Write ours.pth (official layout) and the diffusers folder holding the same weights."""
+    from cldm.model import create_model, load_state_dict
+    from tests.tiny import POSITION_IDS, hf_tokenizer, to_diffusers
+
+    model = create_model(config)
+    randomize_(model, seed=0)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state[POSITION_IDS] = torch.arange(model.cond_stage_model.max_length)[None]
+    torch.save(state, work / "ours.pth")  # streams tensor by tensor (safetensors' save_file copies all first)
+    del model, state
+    ref = to_diffusers(load_state_dict(work / "ours.pth"), config)
+    for name in ("unet", "controlnet", "vae", "text_encoder"):
+        getattr(ref, name).save_pretrained(work / "diffusers" / name)
+    hf_tokenizer(work / "diffusers" / "tokenizer")
+
+
+def run_ours(work: Path, config: Path, res: int, steps: int, dtype: torch.dtype, warmup: int) -> dict:
+    from cldm.model import create_model, load_full_checkpoint
+    from cldm.multi import ControlledDenoiser, ControlMode, ControlUnit
+    from cldm.pipeline import GenerationParams, generate
+
+    model = create_model(config, dtype=dtype)
+    load_full_checkpoint(model, work / "ours.pth")
+    cmap = control_map(res)
+    params = GenerationParams(prompt=PROMPT, a_prompt=A_PROMPT, n_prompt=N_PROMPT, steps=steps, scale=SCALE,
+                              seed=SEED, image_resolution=res)
+    if warmup:
+        generate(model, cmap, GenerationParams(prompt=PROMPT, steps=1, seed=SEED, scale=SCALE))
+    stamps: list[float] = []
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        image = generate(model, cmap, params, callback=lambda *_: stamps.append(time.perf_counter())).images[0]
+        total = time.perf_counter() - start
+    # One conditional ε at a fixed input, for the bf16-vs-fp32 accuracy check.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, res // 8, res // 8, generator=g)
+    hint = torch.from_numpy(cmap).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        context = model.get_learned_conditioning([PROMPT])
+        unit = ControlUnit(model.control_model, cmap)
+        eps = ControlledDenoiser(model, [unit], ControlMode.BALANCED, torch.tensor([501]))(
+            x, torch.tensor([501]), {"c_concat": [hint.to(dtype)], "c_crossattn": [context]})
+    return _record(total, stamps, rss.peak, image, eps.float())
+
+
+def run_diffusers(work: Path, res: int, steps: int, dtype: torch.dtype, warmup: int) -> dict:
+    from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline,
+                           UNet2DConditionModel)
+    from PIL import Image
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    d = work / "diffusers"
+    pipe = StableDiffusionControlNetPipeline(
+        vae=AutoencoderKL.from_pretrained(d / "vae", torch_dtype=dtype),
+        text_encoder=CLIPTextModel.from_pretrained(d / "text_encoder", torch_dtype=dtype),
+        tokenizer=CLIPTokenizer.from_pretrained(d / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=dtype),
+        controlnet=ControlNetModel.from_pretrained(d / "controlnet", torch_dtype=dtype),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                                set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(control_map(res))
+    kwargs = dict(prompt=PROMPT + ", " + A_PROMPT, negative_prompt=N_PROMPT, image=image, guidance_scale=SCALE,
+                  eta=0.0, output_type="np")
+    if warmup:
+        pipe(**kwargs, num_inference_steps=1, generator=torch.Generator().manual_seed(SEED))
+    stamps: list[float] = []
+
+    def on_step(pipeline, i, t, tensors):
+        stamps.append(time.perf_counter())
+        return tensors
+
+    with PeakRSS() as rss, torch.no_grad():
+        start = time.perf_counter()
+        out = pipe(**kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(SEED),
+                   callback_on_step_end=on_step).images[0]
+        total = time.perf_counter() - start
+    return _record(total, stamps, rss.peak, (out * 255).round().astype(np.uint8), None)
+
+
+def _record(total: float, stamps: list[float], peak: int, image: np.ndarray, eps) -> dict:
+    steps = np.diff(stamps) if len(stamps) > 1 else np.array([float("nan")])
+    return {"total_s": total, "step_s": float(steps.mean()), "peak_rss_gen_gb": peak / 1e9,
+            "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+            "finite": bool(np.isfinite(image.astype(float)).all()), "eps": eps}
+
+
+def child(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    work, config = Path(args.work), Path(args.config)
+    if args.child == "prepare":
+        prepare(work, config)
+        return
+    dtype = DTYPES[args.dtype[0]]
+    res = args.res[0]
+    if args.child == "ours":
+        result = run_ours(work, config, res, args.steps, dtype, args.warmup)
+    else:
+        result = run_diffusers(work, res, args.steps, dtype, args.warmup)
+    eps = result.pop("eps")
+    if eps is not None:
+        torch.save(eps, work / f"eps_{args.dtype[0]}_{res}.pt")
+    (work / "result.json").write_text(json.dumps(result))
+
+
+def spawn(args: argparse.Namespace, work: Path, role: str, res: int = 0, dtype: str = "float32") -> dict:
+    cmd = [sys.executable, "-m", "bench.sampling", "--child", role, "--work", str(work), "--config", args.config,
+           "--threads", str(args.threads), "--steps", str(args.steps), "--res", str(res), "--dtype", dtype,
+           "--warmup", str(args.warmup)]
+    load = os.getloadavg()[0]
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if role == "prepare":
+        return {}
+    return {**json.loads((work / "result.json").read_text()), "load_before": load}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--res", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
+    parser.add_argument("--diffusers-dtype", nargs="+", default=["float32"], choices=sorted(DTYPES))
+    parser.add_argument("--config", default=str(ROOT / "models" / "cldm_v15.yaml"))
+    parser.add_argument("--work", help="folder for the weight files (default: a temporary folder)")
+    parser.add_argument("--warmup", type=int, default=1, help="run one 1-step generation before timing (1/0)")
+    parser.add_argument("--child", choices=["prepare", "ours", "diffusers"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        work = Path(tmp)
+        print(f"threads={args.threads} steps={args.steps} cpu_count={os.cpu_count()} load={os.getloadavg()}", flush=True)
+        t0 = time.perf_counter()
+        spawn(args, work, "prepare")
+        print(f"prepared weights in {time.perf_counter() - t0:.0f} s", flush=True)
+        for res in args.res:
+            results = {("diffusers", d): spawn(args, work, "diffusers", res, d) for d in args.diffusers_dtype}
+            results.update({("ours", d): spawn(args, work, "ours", res, d) for d in args.dtype})
+            report(res, results, work)
+
+
+def report(res: int, results: dict, work: Path) -> None:
+    baseline = results.get(("diffusers", "float32"))
+    for (side, dtype), r in results.items():
+        ratio = f" ratio_total={r['total_s'] / baseline['total_s']:.2f} ratio_step={r['step_s'] / baseline['step_s']:.2f}" \
+            if baseline and side == "ours" else ""
+        print(f"res={res} {side:9s} {dtype:8s} total={r['total_s']:.2f}s step={r['step_s']:.2f}s "
+              f"peak_rss_gen={r['peak_rss_gen_gb']:.2f}GB maxrss={r['maxrss_gb']:.2f}GB "
+              f"load_before={r['load_before']:.2f} finite={r['finite']}{ratio}", flush=True)
+    ref = work / f"eps_float32_{res}.pt"
+    for dtype in ("bfloat16", "float16"):
+        other = work / f"eps_{dtype}_{res}.pt"
+        if ref.exists() and other.exists():
+            a, b = torch.load(ref, weights_only=True), torch.load(other, weights_only=True)
+            print(f"res={res} eps {dtype} vs float32: relative error {float((b - a).norm() / a.norm()):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

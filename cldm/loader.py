@@ -1,0 +1,186 @@
+"""The shared model manager: one SD 1.5 base per process, ControlNet weights swapped in per app.
+
+    manager = ModelManager(models_dir="models")            # device "auto": cuda, then mps, then cpu
+    with manager.activate("cn10_canny") as model:          # base loaded once; control weights swapped in
+        ...                                                # the model is locked while the block runs
+
+Control weights are read with `cldm.model.load_control` (only `control_model.*` of a full 1.0 file, or a
+1.1 control-only file); a small LRU cache keeps the control state dicts of the last few files (on the CPU),
+so switching between apps costs a tensor copy, not a file read. `status()` reports what was loaded how
+often (the pages show it, the tests assert on it).
+
+`tiny=True`: the tiny random model of `models/cldm_tiny.yaml` (seeded, so it is the same every run), random
+control weights per key (seeded by the key) and random-init annotators; no file is read.
+"""
+from __future__ import annotations
+
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import annotator
+from cldm import hub
+from cldm.model import create_model, load_base, load_control
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = REPO_ROOT / "models" / "cldm_v15.yaml"
+TINY_CONFIG = REPO_ROOT / "models" / "cldm_tiny.yaml"
+TINY_SEED = 0
+CONTROL_PREFIX = "control_model."
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """"auto": cuda, then mps, then cpu; otherwise the named device (checked to be usable)."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} was asked for but MPS is not available")
+    return chosen
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None: float32 (the original's precision; half precision is opt-in)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        chosen = DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r} (use {', '.join(sorted(set(DTYPES)))})") from None
+    if chosen is torch.float16 and device.type == "cpu":
+        raise ValueError("float16 is not supported on the CPU; use float32 or bfloat16")
+    return chosen
+
+
+class ModelManager:
+    def __init__(self, models_dir: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
+                 low_memory: bool = False, offline: bool | None = None, tiny: bool = False, cache_size: int | None = None,
+                 config: str | Path | None = None):
+        self.config = Path(config) if config else (TINY_CONFIG if tiny else CONFIG)
+        self.models_dir = Path(models_dir) if models_dir else hub.MODELS_DIR
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.low_memory = low_memory
+        self.offline = offline
+        self.tiny = tiny
+        # Each cached entry of the real model is a 1.45 GB ControlNet (fp32); low-memory mode keeps none.
+        self.cache_size = cache_size if cache_size is not None else (0 if low_memory else 2)
+        self.base_loads = 0
+        self.control_loads: dict[str, int] = {}  # key -> times its weights were read (cache misses)
+        self.control_swaps = 0  # times the active control weights changed
+        self.active: str | None = None
+        self._model: torch.nn.Module | None = None
+        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # ---- the model ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def activate(self, key: str) -> Iterator[torch.nn.Module]:
+        """The model with the control weights `key` (a `cldm.hub.WEIGHTS` key) in place, held exclusively."""
+        if key not in hub.WEIGHTS:
+            raise KeyError(f"unknown weights {key!r}")
+        with self._lock:
+            model = self._base()
+            if self.active != key:
+                self._swap(model, key)
+            yield model
+
+    def _base(self) -> torch.nn.Module:
+        if self._model is None:
+            if self.tiny:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(TINY_SEED)
+                    model = create_model(self.config)
+            else:
+                path = self._resolve("sd15")  # before building: a missing file fails fast
+                model = create_model(self.config)
+                load_base(model, path)
+            model.low_memory = self.low_memory
+            self._model = self._place(model).eval()
+            self.base_loads += 1
+            self.active = None
+        return self._model
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device; in low-memory mode only the schedule buffers go there at first and
+        `low_vram_shift` moves the working modules in and out (so the whole model is never on the GPU)."""
+        for part in model.children():  # the schedule buffers (top level) stay float32
+            part.to(dtype=self.dtype)
+        if not self.low_memory or self.device.type == "cpu":
+            return model.to(self.device)
+        for name, buffer in list(model.named_buffers(recurse=False)):
+            model.register_buffer(name, buffer.to(self.device))
+        model.low_vram_shift(is_diffusing=False)
+        return model
+
+    def _swap(self, model: torch.nn.Module, key: str) -> None:
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            model.control_model.load_state_dict(state)
+        else:
+            self.active = None  # a failed read leaves the previous weights partly overwritten at worst
+            if self.tiny:
+                model.control_model.load_state_dict(self._tiny_control(key))
+            else:
+                load_control(model, self._resolve(key))
+            self.control_loads[key] = self.control_loads.get(key, 0) + 1
+            if self.cache_size > 0:
+                self._cache[key] = {k: v.detach().to("cpu", copy=True) for k, v in model.control_model.state_dict().items()}
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        self.active = key
+        self.control_swaps += 1
+
+    def _tiny_control(self, key: str) -> dict[str, torch.Tensor]:
+        """Random control weights for `key`, the same every run (a fresh tiny ControlNet seeded by the key)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(key.encode()))
+            return create_model(self.config).control_model.state_dict()
+
+    def _resolve(self, key: str) -> Path:
+        return hub.resolve(key, search_dirs=[self.models_dir], offline=self.offline)
+
+    # ---- annotators ------------------------------------------------------------------------------------------
+
+    def annotator(self, name: str) -> annotator.Annotator:
+        """The detector `name` (random weights in tiny mode); the registry keeps one networked detector resident."""
+        return annotator.load(name, device=str(self.device), random_init=self.tiny)
+
+    # ---- state -------------------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "tiny": self.tiny,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "base_loaded": self._model is not None,
+            "base_loads": self.base_loads,
+            "control_loads": dict(self.control_loads),
+            "control_swaps": self.control_swaps,
+            "active_control": self.active,
+            "cached_controls": list(self._cache),
+        }

@@ -1,0 +1,179 @@
+"""Start the ControlNet demo suite, or generate headless.
+
+    python launch.py --app canny              # one app on http://127.0.0.1:7860
+    python launch.py --app all                # every app as a tab, plus the annotator page
+    python launch.py generate --app canny --image in.png --prompt "a house" --out outputs/
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_PORT = 7860
+DEFAULT_MAX_QUEUE = 16
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def page_names() -> tuple[str, ...]:
+    from apps import PAGES
+
+    return PAGES
+
+
+def model_options() -> argparse.ArgumentParser:
+    """Options shared by the server and the `generate` command."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("model")
+    group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    group.add_argument("--dtype", default=None, help="float32 (default), float16 (GPU only) or bfloat16")
+    group.add_argument("--low-memory", action="store_true",
+                       help="keep only the working modules on the GPU and cache no ControlNet copies (the original's save_memory)")
+    group.add_argument("--models-dir", type=Path, default=None,
+                       help="where weight files are looked for before the Hugging Face cache (default: models/)")
+    group.add_argument("--offline", action="store_true", help="never download; use local files and the Hugging Face cache only")
+    group.add_argument("--tiny", action="store_true",
+                       help="tiny random-weight model and random annotators, no files (for tests: outputs are noise)")
+    return parser
+
+
+def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
+    default_app = "all" if os.environ.get("SPACE_ID") else "canny"
+    parser = argparse.ArgumentParser(
+        prog="launch.py", parents=[model_options()],
+        description="Serve the ControlNet 1.0 demo apps in the browser. "
+                    "Run 'python launch.py generate --help' for the headless command.",
+        epilog=f"apps: {', '.join(pages)}, all",
+    )
+    parser.add_argument("--app", default=default_app, choices=[*pages, "all"], metavar="APP",
+                        help=f"the app to serve: {', '.join(pages)}, or all (tabs) (default: {default_app})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 (default: 127.0.0.1 only)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help=f"requests that may wait; more are refused with 'queue is full' (default {DEFAULT_MAX_QUEUE})")
+    return parser
+
+
+def generate_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
+    from apps.spec import A_PROMPT, N_PROMPT
+
+    apps = [p for p in pages if p != "annotators"]
+    parser = argparse.ArgumentParser(
+        prog="launch.py generate", parents=[model_options()],
+        description="Generate without a browser: writes the detected map and the images, prints their paths.",
+    )
+    parser.add_argument("--app", required=True, choices=apps, metavar="APP", help=f"one of: {', '.join(apps)}")
+    parser.add_argument("--image", required=True, type=Path, help="an input image, or a folder of them (batch)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    parser.add_argument("--n", type=int, default=1, help="images per input (1-12)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=-1, help="-1: random")
+    parser.add_argument("--image-resolution", type=int, default=512)
+    parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--scale", type=float, default=9.0)
+    parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument("--guess-mode", action="store_true")
+    parser.add_argument("--a-prompt", default=A_PROMPT)
+    parser.add_argument("--n-prompt", default=N_PROMPT)
+    parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's 1.0 file)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="an app control, e.g. --param low_threshold=50 --param detect_resolution=384")
+    return parser
+
+
+def make_manager(args: argparse.Namespace):
+    from cldm.loader import ModelManager
+
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # annotator weights are resolved through the same hub table
+    return ModelManager(models_dir=args.models_dir, device=args.device, dtype=args.dtype, low_memory=args.low_memory,
+                        offline=True if args.offline else None, tiny=args.tiny)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from apps import ANNOTATOR_PAGE, ANNOTATOR_SECTIONS, APPS
+    from apps.builder import CSS, MAX_UPLOAD, build_demo
+
+    if args.max_queue < 1:
+        raise SystemExit("--max-queue must be at least 1")
+    manager = make_manager(args)
+    if args.app == "all":
+        demo = build_demo(list(APPS.values()), manager, ANNOTATOR_SECTIONS)
+    elif args.app == ANNOTATOR_PAGE:
+        demo = build_demo([], manager, ANNOTATOR_SECTIONS)
+    else:
+        demo = build_demo([APPS[args.app]], manager)
+    demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
+    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+                ssr_mode=False, show_error=False, max_file_size=MAX_UPLOAD, css=CSS)
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import PIL.Image
+
+    from apps import APPS
+    from apps.spec import InvalidInput, read_image, run_app, validate
+    from cldm.checkpoint import CheckpointError
+    from cldm.hub import WeightsUnavailable
+    from cldm.pipeline import GenerationInputError
+
+    spec = APPS[args.app]
+    if args.image.is_dir():
+        inputs = sorted(p for p in args.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            return fail(f"{args.image} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    elif args.image.is_file():
+        inputs = [args.image]
+    else:
+        return fail(f"{args.image}: no such file or folder")
+    values = {"num_samples": args.n, "image_resolution": args.image_resolution, "strength": args.strength,
+              "guess_mode": args.guess_mode, "ddim_steps": args.steps, "scale": args.scale, "seed": args.seed,
+              "eta": args.eta, **{p.name: p.default for p in spec.extras}}
+    known = {p.name for p in spec.extras}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or name not in known:
+            return fail(f"--param {item!r}: expected NAME=VALUE with NAME one of: {', '.join(sorted(known)) or 'none for this app'}")
+        values[name] = value.lower() in ("1", "true", "yes", "on") if isinstance(values[name], bool) else value
+    try:
+        request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights)
+        images = [read_image(path) for path in inputs]
+    except InvalidInput as err:
+        return fail(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
+    manager = make_manager(args)
+    for path, image in zip(inputs, images):
+        try:
+            result = run_app(spec, manager, {"layers": [], "composite": image} if spec.canvas else image, request)
+        except (InvalidInput, GenerationInputError, CheckpointError, WeightsUnavailable) as err:
+            return fail(f"{path}: {err}")
+        written = [args.out / f"{path.stem}_{args.app}_map.png"]
+        PIL.Image.fromarray(np.ascontiguousarray(result.display_map)).save(written[0])
+        for i, sample in enumerate(result.samples):
+            written.append(args.out / f"{path.stem}_{args.app}_seed{result.seed}_{i}.png")
+            PIL.Image.fromarray(sample).save(written[-1])
+        for out in written:
+            print(out)
+    return 0
+
+
+def fail(message: str) -> int:
+    print(f"launch.py generate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pages = page_names()
+    if argv[:1] == ["generate"]:
+        return generate(generate_parser(pages).parse_args(argv[1:]))
+    return serve(serve_parser(pages).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

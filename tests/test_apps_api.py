@@ -1,0 +1,185 @@
+"""The named API endpoints of `launch.py --app all --tiny`, called with gradio_client: every app returns the
+map and the images; bad values (bypassing the sliders) are refused with a message naming the control, and
+the server keeps serving."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from apps import ANNOTATOR_SECTIONS, APPS
+from apps.spec import A_PROMPT, MAX_PROMPT_CHARS, N_PROMPT
+from tests.apps_server import bad_inputs, input_image_path, shared_server, synthetic_image, write_png
+
+RESOLUTION = 256
+INPUT_H, INPUT_W = 256, 320
+
+
+@pytest.fixture(scope="module")
+def server():
+    return shared_server("--app", "all")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("api-inputs")
+    drawing = np.full((INPUT_H, INPUT_W, 3), 255, np.uint8)
+    drawing[100:110, 40:280] = 0
+    return {"image": input_image_path(folder, INPUT_H, INPUT_W), "drawing": write_png(folder / "drawing.png", drawing),
+            **bad_inputs(folder / "bad")}
+
+
+def app_input(name: str, files: dict[str, Path]):
+    if APPS[name].canvas:
+        return {"background": None, "layers": [], "composite": handle_file(str(files["drawing"]))}
+    return handle_file(str(files["image"]))
+
+
+def app_args(name: str, image, prompt: str = "a test picture", weights: str | None = None, **values) -> list:
+    """Positional API arguments: image, prompt, every control in page order, added/negative prompt, weights."""
+    spec = APPS[name]
+    defaults = {p.name: p.default for p in spec.controls}
+    defaults.update(num_samples=1, image_resolution=RESOLUTION, ddim_steps=1, seed=7)
+    if spec.detect_resolution is not None:
+        defaults["detect_resolution"] = RESOLUTION
+    defaults.update(values)
+    return [image, prompt, *(defaults[p.name] for p in spec.controls), A_PROMPT, N_PROMPT, weights or spec.weights[0]]
+
+
+def image_sizes(gallery) -> list[tuple[int, int]]:
+    sizes = []
+    for item in gallery:
+        with PIL.Image.open(item["image"]) as im:
+            sizes.append((im.height, im.width))
+    return sizes
+
+
+def test_every_endpoint_is_listed(client):
+    named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {f"/{name}" for name in APPS} <= named
+    assert {f"/annotate_{s.name}" for s in ANNOTATOR_SECTIONS} <= named
+    assert "/status" in named
+
+
+@pytest.mark.parametrize("name", list(APPS))
+def test_app_endpoint(client, files, name):
+    gallery, seed_text, status_text = client.predict(*app_args(name, app_input(name, files), num_samples=2), api_name=f"/{name}")
+    assert image_sizes(gallery) == [(INPUT_H, INPUT_W)] * 3
+    assert "Seed used: **7**" in seed_text
+    assert "base loads: 1" in status_text
+
+
+def test_same_seed_same_images(client, files):
+    first, _, _ = client.predict(*app_args("canny", app_input("canny", files), seed=123), api_name="/canny")
+    second, _, _ = client.predict(*app_args("canny", app_input("canny", files), seed=123), api_name="/canny")
+    third, _, _ = client.predict(*app_args("canny", app_input("canny", files), seed=124), api_name="/canny")
+    pixels = [np.asarray(PIL.Image.open(g[1]["image"])) for g in (first, second, third)]
+    assert np.array_equal(pixels[0], pixels[1])
+    assert not np.array_equal(pixels[0], pixels[2])
+
+
+def test_random_seed_is_reported(client, files):
+    _, seed_text, _ = client.predict(*app_args("scribble", app_input("scribble", files), seed=-1), api_name="/scribble")
+    seed = int(seed_text.split("**")[1])
+    assert 0 <= seed <= 65535
+
+
+def test_weights_variant_and_base_reuse(client, files, server):
+    client.predict(*app_args("canny", app_input("canny", files), weights="cn11_canny"), api_name="/canny")
+    client.predict(*app_args("canny", app_input("canny", files)), api_name="/canny")
+    state = client.predict(api_name="/status")
+    assert state["base_loads"] == 1
+    assert state["control_loads"]["cn11_canny"] == 1
+    assert state["active_control"] == "cn10_canny"
+
+
+BAD_VALUES = [
+    ("num_samples", 13, "Images"),
+    ("num_samples", 0, "Images"),
+    ("image_resolution", 300, "Image Resolution"),
+    ("image_resolution", 1024, "Image Resolution"),
+    ("strength", -0.5, "Control Strength"),
+    ("strength", 2.5, "Control Strength"),
+    ("ddim_steps", 0, "Steps"),
+    ("ddim_steps", 101, "Steps"),
+    ("ddim_steps", 2.5, "Steps"),
+    ("scale", 31, "Guidance Scale"),
+    ("seed", -2, "Seed"),
+    ("seed", 2**31, "Seed"),
+    ("eta", 1.5, "eta"),
+    ("guess_mode", "yes", "Guess Mode"),
+    ("low_threshold", 0, "Canny low threshold"),
+    ("high_threshold", 256, "Canny high threshold"),
+]
+
+
+@pytest.mark.parametrize("control,value,label", BAD_VALUES, ids=[f"{c}={v}" for c, v, _ in BAD_VALUES])
+def test_out_of_range_values_are_refused(client, files, control, value, label):
+    with pytest.raises(AppError, match=label):
+        client.predict(*app_args("canny", app_input("canny", files), **{control: value}), api_name="/canny")
+
+
+def test_detect_resolution_is_checked(client, files):
+    with pytest.raises(AppError, match="HED Resolution"):
+        client.predict(*app_args("hed", app_input("hed", files), detect_resolution=64), api_name="/hed")
+
+
+def test_text_and_weights_are_checked(client, files):
+    with pytest.raises(AppError, match="too long"):
+        client.predict(*app_args("canny", app_input("canny", files), prompt="x" * (MAX_PROMPT_CHARS + 1)), api_name="/canny")
+    with pytest.raises(AppError, match="ControlNet weights"):
+        client.predict(*app_args("canny", app_input("canny", files), weights="cn10_seg"), api_name="/canny")
+
+
+def test_missing_image_is_refused(client):
+    with pytest.raises(AppError, match="No input image"):
+        client.predict(*app_args("canny", None), api_name="/canny")
+    with pytest.raises(AppError, match="No drawing"):
+        client.predict(*app_args("scribble_interactive", None), api_name="/scribble_interactive")
+
+
+@pytest.mark.parametrize("kind,message", [("corrupt", "Could not read"), ("too large", "at most 4096"), ("16-bit", "only 8-bit")])
+def test_bad_uploads_are_refused_and_the_server_keeps_serving(client, files, kind, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(*app_args("canny", handle_file(str(files[kind]))), api_name="/canny")
+    gallery, _, _ = client.predict(*app_args("canny", app_input("canny", files)), api_name="/canny")
+    assert len(gallery) == 2
+
+
+def test_rgba_and_grey_uploads_work(client, tmp_path):
+    rgba = np.dstack([synthetic_image(INPUT_H, INPUT_W), np.full((INPUT_H, INPUT_W), 128, np.uint8)])
+    PIL.Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    PIL.Image.fromarray(synthetic_image(INPUT_H, INPUT_W)[:, :, 0]).save(tmp_path / "grey.png")
+    for name in ("rgba.png", "grey.png"):
+        gallery, _, _ = client.predict(*app_args("canny", handle_file(str(tmp_path / name))), api_name="/canny")
+        assert image_sizes(gallery) == [(INPUT_H, INPUT_W)] * 2
+
+
+def test_canvas_endpoint(client, files):
+    canvas = client.predict(320, 256, api_name="/scribble_interactive_canvas")
+    with PIL.Image.open(canvas["background"]) as im:
+        assert (im.height, im.width) == (256, 320)
+        assert np.asarray(im.convert("RGB")).min() == 255
+    with pytest.raises(AppError, match="Canvas Width"):
+        client.predict(2000, 256, api_name="/scribble_interactive_canvas")
+
+
+@pytest.mark.parametrize("section", ANNOTATOR_SECTIONS, ids=[s.name for s in ANNOTATOR_SECTIONS])
+def test_annotator_endpoint(client, files, section):
+    values = [RESOLUTION if p.name == "resolution" else p.default for p in section.controls]
+    maps = client.predict(handle_file(str(files["image"])), *values, api_name=f"/annotate_{section.name}")
+    assert image_sizes(maps) == [(INPUT_H, INPUT_W)] * len(section.detectors)
+
+
+def test_annotator_endpoint_checks_values(client, files):
+    with pytest.raises(AppError, match="resolution"):
+        client.predict(handle_file(str(files["image"])), 100, 200, 100, api_name="/annotate_canny")

@@ -1,0 +1,216 @@
+"""End to end in headless Chromium: every app of `launch.py --app all --tiny` (and one single-app server)
+uploads or draws an input, runs, and shows the detected map plus the requested images at the expected size.
+Screenshots of every page go to artifacts/screenshots/. A missing browser fails these tests."""
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from apps import APPS, ANNOTATOR_SECTIONS
+from apps.builder import TINY_BANNER
+from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server
+
+pytestmark = pytest.mark.browser
+
+RESOLUTION = 256
+SAMPLES = 2
+INPUT_H, INPUT_W = 256, 320  # at resolution 256 the output is 256×320
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def server():
+    return shared_server("--app", "all")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = require_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server.url)
+    pg.wait_for_selector("#canny-run")
+    yield pg
+    pg.close()
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> Path:
+    return input_image_path(tmp_path_factory.mktemp("inputs"), INPUT_H, INPUT_W)
+
+
+def status(server) -> dict:
+    payload = json.dumps({"data": []}).encode()
+    request = urllib.request.Request(server.url + "gradio_api/call/status", data=payload,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        event_id = json.loads(r.read())["event_id"]
+    with urllib.request.urlopen(server.url + f"gradio_api/call/status/{event_id}", timeout=60) as r:
+        lines = r.read().decode().splitlines()
+    data = next(line for line in lines if line.startswith("data:"))
+    return json.loads(data[len("data:"):])[0]
+
+
+def open_tab(page: Page, name: str) -> None:
+    button = page.locator(f"#tab-{name}-button")
+    if not button.is_visible():  # tabs that do not fit sit behind the overflow menu
+        page.locator(".overflow-menu button, button.overflow-menu").first.click()
+        page.locator(".overflow-dropdown button, .overflow-item-selected, .overflow-dropdown").get_by_text(
+            button.inner_text(), exact=True).click()
+    else:
+        button.click()
+    expect(page.locator(f"#tab-{name}")).to_be_visible()
+
+
+def set_number(page: Page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    expect(box).to_have_value(str(value))
+
+
+def open_advanced(page: Page, name: str) -> None:
+    if not page.locator(f"#{name}-image_resolution").is_visible():
+        page.locator(f"#{name}-advanced").get_by_text("Advanced options").click()
+    expect(page.locator(f"#{name}-image_resolution")).to_be_visible()
+
+
+def gallery_sizes(page: Page, gallery_id: str, count: int) -> list[tuple[int, int]]:
+    images = page.locator(f"#{gallery_id} img")
+    expect(images).to_have_count(count, timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        f"() => Array.from(document.querySelectorAll('#{gallery_id} img')).every(i => i.complete && i.naturalWidth > 0)")
+    return [tuple(s) for s in images.evaluate_all("imgs => imgs.map(i => [i.naturalHeight, i.naturalWidth])")]
+
+
+def error_toast(page: Page, text: str) -> None:
+    toast = page.locator(".toast-body").filter(has_text=text)
+    expect(toast.first).to_be_visible(timeout=TIMEOUT_MS)
+    for close in page.locator(".toast-close").all():
+        close.click()
+
+
+def draw_on_canvas(page: Page, name: str) -> None:
+    page.locator(f"#{name}-input button[aria-label='Brush']").click()
+    canvas = page.locator(f"#{name}-input canvas").first
+    box = canvas.bounding_box()
+    for k in range(3):
+        y = box["y"] + box["height"] * (0.3 + 0.2 * k)
+        page.mouse.move(box["x"] + box["width"] * 0.2, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.8, y + 10, steps=12)
+        page.mouse.up()
+
+
+def run_app_page(page: Page, name: str, image_file: Path, tabs: bool = True) -> list[tuple[int, int]]:
+    spec = APPS[name]
+    if tabs:
+        open_tab(page, name)
+    if spec.canvas:
+        set_number(page, f"{name}-canvas-width", INPUT_W)
+        set_number(page, f"{name}-canvas-height", INPUT_H)
+        page.locator(f"#{name}-open-canvas").click()
+        page.wait_for_timeout(500)
+        draw_on_canvas(page, name)
+    else:
+        page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
+        expect(page.locator(f"#{name}-input img").first).to_be_visible()
+    page.locator(f"#{name}-prompt textarea").fill("a test picture")
+    open_advanced(page, name)
+    set_number(page, f"{name}-num_samples", SAMPLES)
+    set_number(page, f"{name}-image_resolution", RESOLUTION)
+    set_number(page, f"{name}-ddim_steps", 1)
+    if spec.detect_resolution is not None:
+        set_number(page, f"{name}-detect_resolution", RESOLUTION)
+    page.locator(f"#{name}-run").click()
+    sizes = gallery_sizes(page, f"{name}-gallery", 1 + SAMPLES)
+    expect(page.locator(f"#{name}-seed-used")).to_contain_text("Seed used")
+    return sizes
+
+
+def test_tiny_banner_and_tabs(page):
+    expect(page.locator("#tiny-banner")).to_contain_text(TINY_BANNER)
+    for name in [*APPS, "annotators"]:
+        expect(page.locator(f"#tab-{name}-button")).to_have_count(1)
+
+
+@pytest.mark.parametrize("name", list(APPS))
+def test_app_runs(page, server, image_file, name):
+    sizes = run_app_page(page, name, image_file)
+    assert sizes == [(INPUT_H, INPUT_W)] * (1 + SAMPLES), sizes
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_switching_tabs_reuses_the_base(page, server):
+    state = status(server)
+    assert state["base_loads"] == 1, state
+    expected = {spec.weights[0] for spec in APPS.values()}
+    assert expected <= set(state["control_loads"]), state
+    # the page says it too, in the tab that ran last
+    expect(page.locator(f"#{list(APPS)[-1]}-status")).to_contain_text("base loads: 1")
+
+
+@pytest.mark.parametrize("section", [s.name for s in ANNOTATOR_SECTIONS])
+def test_annotator_section_runs(page, image_file, section):
+    open_tab(page, "annotators")
+    spec = next(s for s in ANNOTATOR_SECTIONS if s.name == section)
+    page.set_input_files(f"#annotate-{section}-input input[type=file]", str(image_file))
+    set_number(page, f"annotate-{section}-resolution", RESOLUTION)
+    page.locator(f"#annotate-{section}-run").click()
+    sizes = gallery_sizes(page, f"annotate-{section}-gallery", len(spec.detectors))
+    assert sizes == [(INPUT_H, INPUT_W)] * len(spec.detectors)
+    if section == ANNOTATOR_SECTIONS[-1].name:
+        page.screenshot(path=str(SCREENSHOTS / "annotators.png"), full_page=True)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "too large", "16-bit"])
+def test_bad_upload_shows_error_then_recovers(page, image_file, tmp_path, kind):
+    name = "canny"
+    open_tab(page, name)
+    bad = bad_inputs(tmp_path)[kind]
+    page.set_input_files(f"#{name}-input input[type=file]", str(bad))
+    page.locator(f"#{name}-run").click()
+    error_toast(page, {"corrupt": "Could not read", "too large": "at most", "16-bit": "only 8-bit"}[kind])
+    # the server keeps serving: a good upload works right after
+    page.locator(f"#{name}-input button[aria-label='Clear']").first.click()
+    assert run_app_page(page, name, image_file) == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
+
+
+def test_missing_image_shows_error(page, image_file):
+    name = "hed"
+    open_tab(page, name)
+    clear = page.locator(f"#{name}-input button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.locator(f"#{name}-run").click()
+    error_toast(page, "No input image")
+
+
+def test_single_app_server(browser, image_file):
+    server = shared_server("--app", "scribble")
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(server.url)
+        expect(pg.locator("#tiny-banner")).to_be_visible()
+        expect(pg.locator("[role=tab]")).to_have_count(0)
+        expect(pg.get_by_text("Control Stable Diffusion with Scribble Maps")).to_be_visible()
+        sizes = run_app_page(pg, "scribble", image_file, tabs=False)
+        assert sizes == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
+        pg.screenshot(path=str(SCREENSHOTS / "single_scribble.png"), full_page=True)
+    finally:
+        pg.close()
+
