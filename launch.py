@@ -117,6 +117,7 @@ def generate(args: argparse.Namespace) -> int:
     import PIL.Image
 
     from apps import APPS
+    from annotator.weights import WeightFileError
     from apps.spec import InvalidInput, read_image, run_app, validate
     from cldm.checkpoint import CheckpointError
     from cldm.hub import WeightsUnavailable
@@ -150,8 +151,10 @@ def generate(args: argparse.Namespace) -> int:
     for path, image in zip(inputs, images):
         try:
             result = run_app(spec, manager, {"layers": [], "composite": image} if spec.canvas else image, request)
-        except (InvalidInput, GenerationInputError, CheckpointError, WeightsUnavailable) as err:
+        except (InvalidInput, GenerationInputError) as err:
             return fail(f"{path}: {err}")
+        except (CheckpointError, WeightsUnavailable, WeightFileError) as err:
+            return fail(str(err), code=1)
         written = [args.out / f"{path.stem}_{args.app}_map.png"]
         PIL.Image.fromarray(np.ascontiguousarray(result.display_map)).save(written[0])
         for i, sample in enumerate(result.samples):
@@ -162,9 +165,10 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def fail(message: str) -> int:
+def fail(message: str, code: int = 2) -> int:
+    """Exit status 2 for bad input (as argparse), 1 when the weights cannot be had."""
     print(f"launch.py generate: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from cldm.config import ConfigError
 from cldm.model import CheckpointError
 from cldm.tools import ToolError, add_control_file
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "models" / "cldm_v15.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sd_ckpt", help="SD 1.5 checkpoint (.ckpt, .pth or .safetensors; may be wrapped in state_dict)")
     parser.add_argument("out", help="output .safetensors file (must not exist)")
-    parser.add_argument("--config", default="models/cldm_v15.yaml", help="ControlLDM yaml (default: %(default)s)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="ControlLDM yaml (default: models/cldm_v15.yaml)")
     args = parser.parse_args(argv)
     try:
         result = add_control_file(args.sd_ckpt, args.out, args.config)
-    except (CheckpointError, ToolError, FileExistsError, FileNotFoundError) as e:
+    except (CheckpointError, ConfigError, ToolError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for key in result.new:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_CONFIG = "models/cldm_v15.yaml"
+TRAINING_PREFIX = "model.control_model."  # ControlNetTraining.model is the ControlLDM
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "models" / "cldm_v15.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="ControlLDM yaml (default: %(default)s)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="ControlLDM yaml (default: models/cldm_v15.yaml)")
     p.add_argument("--resume", required=True, help="tool_add_control output, or a Lightning .ckpt to continue")
     p.add_argument("--data", required=True, help="data folder in the Fill50K layout (prompt.json, source/, target/)")
     p.add_argument("--batch-size", type=int, default=4)
@@ -54,12 +55,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def is_lightning_checkpoint(path: Path) -> bool:
-    """A file saved by Lightning (a torch zip holding `pytorch-lightning_version`), read without unpickling code."""
+def is_training_checkpoint(path: Path) -> bool:
+    """A Lightning checkpoint written by this trainer (its state dict holds `model.control_model.*`), read with
+    weights_only=True. Anything else (tool_add_control output, an original run's .ckpt) is loaded as weights."""
     if path.suffix.lower() != ".ckpt" or not zipfile.is_zipfile(path):
         return False
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return isinstance(obj, dict) and "pytorch-lightning_version" in obj
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not loadable as plain tensors: left to the weight loader, which says why
+        return False
+    state = obj.get("state_dict") if isinstance(obj, dict) and "pytorch-lightning_version" in obj else None
+    return isinstance(state, dict) and any(k.startswith(TRAINING_PREFIX) for k in state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     from pytorch_lightning.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    from cldm.dataset import DatasetError, Fill50KDataset
-    from cldm.model import CheckpointError, create_model, load_full_checkpoint
+    from cldm.dataset import Fill50KDataset
+    from cldm.model import create_model, load_full_checkpoint
     from cldm.tools import refuse_existing
     from cldm.training import ControlNetTraining, ImageLogger, TrainingConfig, export_control
 
@@ -82,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         dataset = Fill50KDataset(args.data)
         pl.seed_everything(args.seed, workers=True)
         model = create_model(args.config)
-        continue_from = resume if is_lightning_checkpoint(resume) else None
+        continue_from = resume if is_training_checkpoint(resume) else None
         if continue_from is None:
             load_full_checkpoint(model, resume)
         config = TrainingConfig(args.lr, args.sd_locked, args.only_mid_control, args.drop_prompt, args.seed)
-    except (CheckpointError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # CheckpointError, DatasetError, ConfigError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -57,13 +57,42 @@ class CheckedImage(gr.Image):
             raise user_error(err) from None
 
 
+def labelled(component: gr.components.Component, preprocess, payload: Any) -> Any:
+    """Gradio's own range and choice checks (they run before the app's), with the control's label in the message."""
+    try:
+        return preprocess(payload)
+    except gr.Error as err:
+        raise gr.Error(f"{component.label}: {err.message}", title="Cannot run") from None
+
+
+class Slider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return labelled(self, super().preprocess, payload)
+
+
+class Number(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return labelled(self, super().preprocess, payload)
+
+
+class Dropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return labelled(self, super().preprocess, payload)
+
+
 def param_component(param: Param, elem_id: str | None = None) -> gr.components.Component:
     """The control for a Param: a checkbox (bool), a number box (no range/step) or a slider."""
     if param.kind is bool:
         return gr.Checkbox(label=param.label, value=param.default, elem_id=elem_id)
     if param.step is None or param.minimum is None or param.maximum is None:
-        return gr.Number(label=param.label, value=param.default, minimum=param.minimum, maximum=param.maximum, elem_id=elem_id)
-    return gr.Slider(label=param.label, minimum=param.minimum, maximum=param.maximum, value=param.default,
+        return Number(label=param.label, value=param.default, minimum=param.minimum, maximum=param.maximum, elem_id=elem_id)
+    return Slider(label=param.label, minimum=param.minimum, maximum=param.maximum, value=param.default,
                      step=param.step, randomize=param is SEED, elem_id=elem_id)
 
 
@@ -101,7 +130,7 @@ def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
     sketch = gr.Sketchpad(
         label="Drawing", type="numpy", image_mode="RGBA", canvas_size=(width.default, height.default),
         brush=gr.Brush(default_size=6, colors=["#000000"], default_color="#000000", color_mode="fixed"),
-        eraser=gr.Eraser(default_size=16), layers=False, elem_id=f"{spec.name}-input",
+        eraser=gr.Eraser(default_size=16), layers=False, format="png", elem_id=f"{spec.name}-input",
     )
 
     def blank_canvas(w, h):
@@ -137,7 +166,7 @@ def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
                 controls = [param_component(p, f"{name}-{p.name}") for p in spec.controls]
                 a_prompt = gr.Textbox(label="Added Prompt", value=A_PROMPT)
                 n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
-                weights = gr.Dropdown(label="ControlNet weights", choices=spec.weight_choices(), value=spec.weights[0],
+                weights = Dropdown(label="ControlNet weights", choices=spec.weight_choices(), value=spec.weights[0],
                                       elem_id=f"{name}-weights")
             if spec.notes:
                 gr.Markdown(spec.notes)

@@ -199,8 +199,8 @@ def read_image(path: str | Path, name: str | None = None) -> np.ndarray:
     except InvalidInput:
         raise
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as err:
-        raise InvalidInput(f"Could not read {name} as an image ({type(err).__name__}: {err}). "
-                           "Use a PNG, JPEG or WebP file.") from None
+        raise InvalidInput(f"Could not read {name} as an image: the file is corrupt, truncated or not an image "
+                           f"({type(err).__name__}). Use a PNG, JPEG or WebP file.") from None
 
 
 def input_image(spec: AppSpec, image: Any) -> np.ndarray:

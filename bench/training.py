@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,14 +106,26 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
 
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict:
+    """Run one mode in a child process; stop it if the machine's available memory falls below --min-free-gb."""
+    import psutil
+
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--config", str(args.config),
             "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--threads", str(args.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    if run.returncode != 0:
-        raise SystemExit(f"{mode} run failed (exit {run.returncode}):\n{run.stderr[-4000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+        while child.poll() is None:
+            if psutil.virtual_memory().available < args.min_free_gb * 2**30:
+                child.kill()
+                child.wait()
+                raise SystemExit(f"{mode} run stopped: less than {args.min_free_gb} GB of memory left on the machine")
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise SystemExit(f"{mode} run failed (exit {child.returncode}):\n{err.read()[-4000:]}")
+        return json.loads(out.read().strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -123,6 +136,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (optimiser state is created)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is the most repeatable on a shared box)")
+    p.add_argument("--min-free-gb", type=float, default=1.5,
+                   help="stop a run when the machine's available memory drops below this (default: %(default)s)")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.size % 8 or args.size < 16 or args.batch < 1 or args.steps < 1 or args.warmup < 0:

@@ -98,10 +98,13 @@ def _load(model: nn.Module, path: PathLike, source: dict[str, Tensor], target: d
             _listing("shape mismatches", [f"{k} (file {list(source[k].shape)}, model {list(target[k].shape)})" for k in wrong]),
         ]
         raise CheckpointError(path, "does not fit the model: " + "; ".join(p for p in problems if p) + _family_hint(source))
-    # assign=True adopts the file's tensors where dtype and device already match: memory-mapped files then back
-    # the parameters directly (private mapping, no copy). strict=False: parts outside `target` keep their weights.
-    selected = {k: v.to(device=target[k].device, dtype=target[k].dtype) for k, v in source.items() if k in target}
-    model.load_state_dict(selected, strict=False, assign=True)
+    # Tensors whose dtype and device already match are adopted (assign=True): a memory-mapped file then backs
+    # the parameters directly (private mapping, no copy). The others are cast while copied into the existing
+    # tensors. strict=False: parts outside `target` keep their weights.
+    selected = {k: v for k, v in source.items() if k in target}
+    adopt = {k: v for k, v in selected.items() if v.dtype == target[k].dtype and v.device == target[k].device}
+    model.load_state_dict(adopt, strict=False, assign=True)
+    model.load_state_dict({k: v for k, v in selected.items() if k not in adopt}, strict=False)
 
 
 def _listing(what: str, keys: list[str]) -> str:

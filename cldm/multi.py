@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cldm.cldm import scale_residuals, sum_residuals
+
 
 class ControlMode(str, Enum):
     BALANCED = "balanced"
@@ -77,14 +79,12 @@ class ControlledDenoiser:
 
     def residuals(self, x: Tensor, t: Tensor, context: Tensor, hints: list[Tensor]) -> Optional[list[Tensor]]:
         step = self.step_of[int(t[0])]
-        total: Optional[list[Tensor]] = None
+        weighted = []
         for unit, hint in zip(self.units, hints, strict=True):
-            if not unit.active(step, self.total):
-                continue
-            res = unit.control_model(x, hint, t, context)
-            weighted = [r * w for r, w in zip(res, block_weights(self.mode, unit.strength, res))]
-            total = weighted if total is None else [a + b for a, b in zip(total, weighted)]
-        return total
+            if unit.active(step, self.total):
+                res = unit.control_model(x, hint, t, context)
+                weighted.append(scale_residuals(res, block_weights(self.mode, unit.strength, res)))
+        return sum_residuals(*weighted) if weighted else None
 
     def __call__(self, x: Tensor, t: Tensor, cond: dict) -> Tensor:
         x = x.to(self.dtype)

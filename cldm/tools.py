@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import save_file
 
 CONTROL_PREFIX = "control_model."
-UNET_PREFIX = "model.diffusion_model."
 BASE_ONLY_PREFIXES = ("first_stage_model.", "cond_stage_model.")
 # Keys an SD checkpoint may lack without being a different architecture: the schedule buffers (recomputed
 # identically by every model) and the CLIP position ids (dropped by newer transformers releases).
@@ -31,7 +30,7 @@ class ToolError(ValueError):
 
 def unet_twin(key: str) -> str:
     """The SD name a key is taken from: `control_model.X` -> `model.diffusion_model.X`, anything else unchanged."""
-    if key.startswith("control_"):
+    if key.startswith("control_"):  # the original's rule: replace the leading "control_"
         return "model.diffusion_" + key[len("control_"):]
     return key
 

@@ -104,6 +104,10 @@ class ControlNetTraining(pl.LightningModule):
         freeze_all_but(model, self.trained)
         self.drop = PromptDropper(config.drop_prompt, config.seed)
 
+    def setup(self, stage: str) -> None:
+        # One dropping stream per process, so that data-parallel ranks do not drop in lock-step.
+        self.drop = PromptDropper(self.config.drop_prompt, self.config.seed + self.global_rank)
+
     def train(self, mode: bool = True) -> "ControlNetTraining":
         super().train(mode)
         # The frozen autoencoder and text encoder always run in eval mode, as in the original.

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from annotator.canny import CannyDetector
 from annotator.hed import FakeScribbleDetector, HEDDetector, fuse_sides, nms
@@ -154,6 +155,9 @@ def test_scribble_from_canvas_merges_layers_and_falls_back_to_composite():
     composite[5, 6] = (30, 30, 30)
     out = scribble_from_canvas({"background": None, "layers": [], "composite": composite})
     assert list(zip(*np.nonzero(out[:, :, 0]))) == [(5, 6)]
+    rgb_layer = np.zeros((20, 24, 3), np.uint8)  # image_mode="RGB": layers carry no alpha
+    out = scribble_from_canvas({"layers": [rgb_layer], "composite": Image.fromarray(composite)})
+    assert list(zip(*np.nonzero(out[:, :, 0]))) == [(5, 6)]
     blank = scribble_from_canvas({"layers": [np.zeros((20, 24, 4), np.uint8)], "composite": composite})
     assert blank.max() == 0  # untouched canvas layer: nothing drawn
 
@@ -280,11 +284,14 @@ def test_mlsd_decoding_hand_computed():
     assert len(xs) == 7 and canvas[4, 4] == canvas[6, 10] == 255 and set(xs) == set(range(4, 11))
 
 
-def test_mlsd_pads_odd_sizes_and_returns_input_size():
-    detector = MLSDDetector(random_init=True)
-    x = network_input(random_image(67, 93))
-    assert x.shape == (1, 4, 80, 96)
+def test_mlsd_sizes_and_empty_maps():
+    detector, _ = detector_pair("mlsd", seed=5)
+    assert network_input(random_image(67, 93)).shape == (1, 4, 80, 96)  # padded to multiples of 16
     assert detector(random_image(67, 93)).shape == (67, 93, 3)
+    assert detector(random_image(16, 16)).shape == (16, 16, 3)  # 8×8 = 64 < 200 candidate centres
+    img = random_image(128, 128)
+    assert detector(img).max() == 255
+    assert detector(img, value_threshold=1.0).max() == 0  # sigmoid scores never exceed 1
 
 
 # --- key layouts and weight files -----------------------------------------------------------------

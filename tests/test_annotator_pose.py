@@ -1,6 +1,5 @@
 """OpenPose: official key layout and file format, network parity with controlnet_aux on identical
 random weights, post-processing on synthetic network outputs, drawing, hands."""
-import json
 import math
 
 import numpy as np
@@ -17,21 +16,10 @@ from annotator.openpose.network import BodyPoseNet, HandPoseNet, load_caffe_file
 from annotator.util import AnnotatorInputError
 from annotator.weights import WeightFileError
 from cldm.hub import WeightsUnavailable
-from conftest import KEYS_DIR
+from tests.annotator_nets import assert_official_layout, uninitialised
 
 NETS = {"body": BodyPoseNet, "hand": HandPoseNet}
 FILES = {"body": "body_pose_model.pth", "hand": "hand_pose_model.pth"}
-
-
-def official(name):
-    return json.loads((KEYS_DIR / f"annotator_keys_openpose_{name}.json").read_text())
-
-
-def uninitialised(make):
-    """The module with uninitialised tensors (skips the slow random init; tests load weights into it)."""
-    with torch.device("meta"):
-        net = make()
-    return net.to_empty(device="cpu").eval()
 
 
 def random_state(name, seed=0):
@@ -66,12 +54,9 @@ def rel_err(ours, ref):
 
 @pytest.mark.parametrize("name", list(NETS))
 def test_key_layout_matches_official(name):
-    spec = official(name)
     state = uninitialised(NETS[name]).state_dict()
-    assert {k: list(v.shape) for k, v in state.items()} == {k: v["shape"] for k, v in spec["keys"].items()}
-    assert list(state) == list(spec["keys"])
-    flat = {k: v["shape"] for k, v in spec["file_keys"].items()}
-    assert {k: list(v.shape) for k, v in caffe_names(state).items()} == flat
+    assert_official_layout(state, f"annotator_keys_openpose_{name}.json")
+    assert_official_layout(caffe_names(state), f"annotator_keys_openpose_{name}.json", "file_keys")
 
 
 @pytest.mark.parametrize("name", list(NETS))
@@ -90,7 +75,7 @@ def test_bad_files_are_named(weights, tmp_path):
     flat = caffe_names(states["hand"])
     flat["conv1_1.weight"] = flat["conv1_1.weight"][:, :2]
     torch.save(flat, tmp_path / "bad_shape.pth")
-    with pytest.raises(WeightFileError, match="bad_shape.pth.*conv1_1"):
+    with pytest.raises(WeightFileError, match="(?s)bad_shape.pth.*conv1_1"):
         load_caffe_file(uninitialised(HandPoseNet), tmp_path / "bad_shape.pth")
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightFileError, match="garbage.pth"):
@@ -308,6 +293,30 @@ def test_detector_loads_official_files_and_returns_rgb_map(weights, monkeypatch)
     canvas, poses = det.detect(image, hand=True)
     assert canvas.shape == image.shape and canvas.dtype == np.uint8 and isinstance(poses, Poses)
     assert poses.subset.shape[1] == 20 and poses.candidate.shape[1] == 4
+    assert np.array_equal(det(image), draw_body(np.zeros_like(image), poses.candidate, poses.subset))
+
+
+class CentreBlob(nn.Module):
+    """Stands in for the hand network: keypoint 0 at the centre of whatever crop it sees."""
+
+    def forward(self, x):
+        out = torch.zeros(1, 22, x.shape[2] // 8, x.shape[3] // 8)
+        ys, xs = torch.meshgrid(*((torch.arange(n) + 0.5) / n - 0.5 for n in out.shape[2:]), indexing="ij")
+        out[0, 0] = (1 - 4 * torch.hypot(ys, xs)).clamp(min=0)  # a cone at the crop centre
+        return out
+
+
+def test_detector_with_hands_on_synthetic_outputs():
+    paf, heat = synthetic_outputs()
+    det = OpenposeDetector.from_networks(FixedOutputs(paf, heat), CentreBlob())
+    image = np.zeros((184, 288, 3), np.uint8)
+    canvas, poses = det.detect(image, hand=True)
+    boxes = hand_boxes(poses.candidate, poses.subset, 184, 288)
+    assert len(poses.subset) == 2 and len(boxes) == len(poses.hands) == 4
+    for (x, y, side, _), points in zip(boxes, poses.hands):
+        assert np.abs(points[0] - (x + side / 2, y + side / 2)).max() <= 6  # crop centre, image coordinates
+        assert (points[1:] == 0).all()
+        assert tuple(canvas[points[0][1], points[0][0]]) == (0, 0, 255)
     assert np.array_equal(det(image), draw_body(np.zeros_like(image), poses.candidate, poses.subset))
 
 

@@ -17,6 +17,7 @@ from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_imag
 pytestmark = pytest.mark.browser
 
 RESOLUTION = 256
+DETECT_RESOLUTION = 128  # the smallest: the random-weight detectors are the slow part
 SAMPLES = 2
 INPUT_H, INPUT_W = 256, 320  # at resolution 256 the output is 256×320
 TIMEOUT_MS = 120_000
@@ -133,7 +134,7 @@ def run_app_page(page: Page, name: str, image_file: Path, tabs: bool = True) -> 
     set_number(page, f"{name}-image_resolution", RESOLUTION)
     set_number(page, f"{name}-ddim_steps", 1)
     if spec.detect_resolution is not None:
-        set_number(page, f"{name}-detect_resolution", RESOLUTION)
+        set_number(page, f"{name}-detect_resolution", DETECT_RESOLUTION)
     page.locator(f"#{name}-run").click()
     sizes = gallery_sizes(page, f"{name}-gallery", 1 + SAMPLES)
     expect(page.locator(f"#{name}-seed-used")).to_contain_text("Seed used")
@@ -185,14 +186,14 @@ def test_bad_upload_shows_error_then_recovers(page, image_file, tmp_path, kind):
     page.locator(f"#{name}-run").click()
     error_toast(page, {"corrupt": "Could not read", "too large": "at most", "16-bit": "only 8-bit"}[kind])
     # the server keeps serving: a good upload works right after
-    page.locator(f"#{name}-input button[aria-label='Clear']").first.click()
+    page.locator(f"#{name}-input button[aria-label='Remove Image']").first.click()
     assert run_app_page(page, name, image_file) == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
 
 
 def test_missing_image_shows_error(page, image_file):
     name = "hed"
     open_tab(page, name)
-    clear = page.locator(f"#{name}-input button[aria-label='Clear']")
+    clear = page.locator(f"#{name}-input button[aria-label='Remove Image']")
     if clear.count():
         clear.first.click()
     page.locator(f"#{name}-run").click()

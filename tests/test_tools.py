@@ -8,6 +8,7 @@ from cldm.model import create_model, load_full_checkpoint
 from cldm.tools import ToolError, add_control, transfer_control, unet_twin, zero_initialised_keys
 from tests.tiny import POSITION_IDS, TINY_YAML as TINY, random_model
 
+
 def t(*values):
     return torch.tensor(values, dtype=torch.float32)
 

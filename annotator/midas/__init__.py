@@ -49,15 +49,17 @@ def predict_depth(net: DPTHybrid, image: np.ndarray, device: str = "cpu") -> np.
     return depth[0, 0].float().cpu().numpy()
 
 
-class MidasDepthDetector:
+class _MidasDetector:
     def __init__(self, device: str = "cpu", random_init: bool = False):
         self.device = device
         self.net = shared_network(device, random_init)
 
+
+class MidasDepthDetector(_MidasDetector):
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return HWC3(depth_image(predict_depth(self.net, image, self.device)))
 
 
-class MidasNormalDetector(MidasDepthDetector):
+class MidasNormalDetector(_MidasDetector):
     def __call__(self, image: np.ndarray, bg_threshold: float = 0.4, alpha: float = 2 * math.pi) -> np.ndarray:
         return normal_image(predict_depth(self.net, image, self.device), alpha, bg_threshold)

@@ -38,6 +38,14 @@ class OpenposeDetector:
         self.body_net = build_pose_network(BodyPoseNet, "openpose_body", device, random_init)
         self._hand_net = None  # loaded on first use: the pose app never draws hands
 
+    @classmethod
+    def from_networks(cls, body_net, hand_net, device: str = "cpu") -> "OpenposeDetector":
+        """A detector around networks built elsewhere (custom weights, tests)."""
+        detector = cls.__new__(cls)
+        detector.device, detector.random_init = device, False
+        detector.body_net, detector._hand_net = body_net, hand_net
+        return detector
+
     @property
     def hand_net(self) -> HandPoseNet:
         if self._hand_net is None:

@@ -31,26 +31,23 @@ BODY_PAF_CHANNELS, BODY_HEATMAP_CHANNELS, HAND_HEATMAP_CHANNELS = 38, 19, 22
 
 def conv_block(layers, final_relu: bool = False) -> nn.Sequential:
     """Convs (padding k // 2) each followed by ReLU, except the last one unless `final_relu`."""
+    last_conv = max(i for i, layer in enumerate(layers) if layer != POOL)
     modules: OrderedDict[str, nn.Module] = OrderedDict()
-    convs = [layer for layer in layers if layer != POOL]
     for i, layer in enumerate(layers):
         if layer == POOL:
             modules[f"pool{i}"] = nn.MaxPool2d(2, 2)
             continue
         name, cin, cout, k = layer
         modules[name] = nn.Conv2d(cin, cout, k, padding=k // 2)
-        if final_relu or layer is not convs[-1]:
+        if final_relu or i != last_conv:
             modules[f"relu{i}"] = nn.ReLU(inplace=True)
     return nn.Sequential(modules)
 
 
 def refinement_layers(stage: int, suffix: str, cin: int, cout: int):
     """Stages 2-6: five 7×7 convs, a 1×1 to 128 and a 1×1 to the output maps."""
-    name = lambda k: f"Mconv{k}_stage{stage}{suffix}"  # noqa: E731
-    return (
-        (name(1), cin, 128, 7), *((name(k), 128, 128, 7) for k in range(2, 6)),
-        (name(6), 128, 128, 1), (name(7), 128, cout, 1),
-    )
+    shapes = [(cin, 128, 7)] + [(128, 128, 7)] * 4 + [(128, 128, 1), (128, cout, 1)]
+    return tuple((f"Mconv{k}_stage{stage}{suffix}", *shape) for k, shape in enumerate(shapes, start=1))
 
 
 class BodyPoseNet(nn.Module):

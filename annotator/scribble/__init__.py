@@ -48,10 +48,8 @@ def scribble_from_canvas(value) -> np.ndarray:
     layers = [a for a in map(_as_array, value.get("layers") or []) if a is not None]
     rgba = [a for a in layers if a.ndim == 3 and a.shape[2] == 4]
     if rgba:
-        shape = rgba[0].shape[:2]
-        if any(a.shape[:2] != shape for a in rgba):
+        if len({check_image(a).shape for a in rgba}) > 1:
             raise AnnotatorInputError("canvas layers have different sizes")
-        check_image(rgba[0])
         return strokes_to_map(np.any([a[:, :, 3] > 0 for a in rgba], axis=0))
     composite = _as_array(value.get("composite"))
     if composite is None:
