@@ -227,8 +227,8 @@ class Annotator:
         return resize_map(self.detector(image, **values), size, interpolation)
 
 
-# Built detectors. Networks are big, so at most one detector with weights stays resident;
-# weightless ones (canny, scribble) cost nothing and are kept.
+# Built detectors. Networks are big, so only detectors of one weight set stay resident (depth and
+# normal share MiDaS, hed and fake_scribble share HED); weightless ones (canny, scribble) are kept.
 _CACHE: dict[tuple[str, str, bool], Annotator] = {}
 _CACHE_LOCK = threading.Lock()  # the UI serves requests from several threads
 
@@ -245,7 +245,7 @@ def load(name: str, device: str = "cpu", random_init: bool = False) -> Annotator
         if key in _CACHE:
             return _CACHE[key]
         if entry.weights:
-            for other in [k for k in _CACHE if REGISTRY[k[0]].weights]:
+            for other in [k for k in _CACHE if REGISTRY[k[0]].weights not in ((), entry.weights)]:
                 del _CACHE[other]
         annotator = Annotator(entry, entry.factory(str(device), bool(random_init)))
         _CACHE[key] = annotator

@@ -167,9 +167,7 @@ def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
                 a_prompt = gr.Textbox(label="Added Prompt", value=A_PROMPT)
                 n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
                 weights = Dropdown(label="ControlNet weights", choices=spec.weight_choices(), value=spec.weights[0],
-                                      elem_id=f"{name}-weights")
-            if spec.notes:
-                gr.Markdown(spec.notes)
+                                   elem_id=f"{name}-weights")
         with gr.Column():
             gallery = gr.Gallery(label="Output", show_label=False, elem_id=f"{name}-gallery", columns=2, height="auto",
                                  object_fit="contain", format="png")

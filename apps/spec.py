@@ -88,7 +88,6 @@ class AppSpec:
     display: Callable[[np.ndarray], np.ndarray] = identity
     to_control: Callable[[np.ndarray], np.ndarray] = identity
     canvas: tuple[Param, Param] | None = None  # (width, height): the input is a drawing canvas, not an upload
-    notes: str = ""
 
     @property
     def extras(self) -> tuple[Param, ...]:

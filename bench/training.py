@@ -10,7 +10,7 @@ Two modes, each in its own subprocess (so the peak resident memory of one does n
 Both include the VAE encoding and the text encoding of each batch. Weights are random (the cost does not
 depend on their values). Peak memory is the process's peak RSS over the timed steps (the high-water mark is
 reset after the model is built; it includes the weights, gradients and optimiser state).
-The paper (Zhang et al. 2023, sec. 4 / appendix) reports, on an A100 and SD 1.5, +34 % time and +23 % GPU
+The ControlNet paper (Zhang et al. 2023) reports, on an A100 and SD 1.5, +34 % time and +23 % GPU
 memory per iteration for ControlNet training compared with fine-tuning SD itself.
 """
 from __future__ import annotations

@@ -93,8 +93,9 @@ def resolve(key: str, search_dirs: list[str | Path] | None = None, offline: bool
         return Path(hf_hub_download(spec.repo, spec.filename, local_files_only=offline))
     except Exception as err:  # offline, no network, 404, interrupted download, ...
         looked = ", ".join(str(d) for d in dirs)
+        home = ANNOTATOR_CKPTS if spec.repo == ANNOTATORS else (dirs[0] if search_dirs else MODELS_DIR)
         reason = "offline mode is on and it is not in the hub cache" if offline else f"download failed ({type(err).__name__}: {err})"
         raise WeightsUnavailable(
             f"{spec.role}: weight file '{spec.basename}' is missing. Looked in: {looked}; {reason}. "
-            f"Download it from {spec.url} (repo '{spec.repo}') and put it in {dirs[0]}."
+            f"Download it from {spec.url} (repo '{spec.repo}') and put it in {home}."
         ) from err

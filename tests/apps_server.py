@@ -60,12 +60,12 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(*args: str, timeout: float = START_TIMEOUT) -> Server:
-    """`python launch.py *args --tiny --port N`, waiting until the page answers."""
+def start_server(*args: str, tiny: bool = True, timeout: float = START_TIMEOUT) -> Server:
+    """`python launch.py *args [--tiny] --port N`, waiting until the page answers."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="apps-server-", suffix=".log")[1])
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "launch.py", *args, "--tiny", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "launch.py", *args, *(["--tiny"] if tiny else []), "--port", str(port)], cwd=ROOT,
                                 env=server_env(), stdout=out, stderr=subprocess.STDOUT)
     server = Server(tuple(args), f"http://127.0.0.1:{port}/", proc, log)
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@ map and the images; bad values (bypassing the sliders) are refused with a messag
 the server keeps serving."""
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from gradio_client.exceptions import AppError
 
 from apps import ANNOTATOR_SECTIONS, APPS
 from apps.spec import A_PROMPT, MAX_PROMPT_CHARS, N_PROMPT
-from tests.apps_server import bad_inputs, input_image_path, shared_server, synthetic_image, write_png
+from tests.apps_server import bad_inputs, input_image_path, shared_server, start_server, synthetic_image, write_png
 
 RESOLUTION = 256
 INPUT_H, INPUT_W = 256, 320
@@ -184,3 +185,26 @@ def test_annotator_endpoint(client, files, section):
 def test_annotator_endpoint_checks_values(client, files):
     with pytest.raises(AppError, match="resolution"):
         client.predict(handle_file(str(files["image"])), 100, 200, 100, api_name="/annotate_canny")
+
+
+@pytest.fixture(scope="module")
+def weightless_server(tmp_path_factory):
+    """The real (not tiny) apps with no weight file anywhere and downloads off."""
+    empty = tmp_path_factory.mktemp("no-weights")
+    server = start_server("--app", "all", "--offline", "--models-dir", str(empty), tiny=False)
+    yield server
+    server.stop()
+
+
+def test_missing_weights_are_explained_and_the_server_keeps_serving(weightless_server, files):
+    client = Client(weightless_server.url, verbose=False)
+    for _ in range(2):  # twice: the failure leaves nothing half-loaded behind
+        with pytest.raises(AppError) as err:
+            client.predict(*app_args("canny", app_input("canny", files)), api_name="/canny")
+        message = str(err.value)
+        assert "v1-5-pruned-emaonly.safetensors" in message and "stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+        assert "put it in" in message
+    with pytest.raises(AppError, match="ControlNetHED.pth"):
+        client.predict(*app_args("hed", app_input("hed", files)), api_name="/hed")
+    assert client.predict(api_name="/status")["base_loads"] == 0
+    assert "TINY" not in urllib.request.urlopen(weightless_server.url, timeout=30).read().decode()

@@ -4,6 +4,7 @@ Screenshots of every page go to artifacts/screenshots/. A missing browser fails 
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from pathlib import Path
 
@@ -77,8 +78,14 @@ def open_tab(page: Page, name: str) -> None:
 
 def set_number(page: Page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(3):  # a control that has just been mounted may reset what was typed into it once
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            expect(box).to_have_value(str(value), timeout=3000)
+            return
+        except AssertionError:
+            page.wait_for_timeout(300)
     expect(box).to_have_value(str(value))
 
 
@@ -187,6 +194,21 @@ def test_bad_upload_shows_error_then_recovers(page, image_file, tmp_path, kind):
     error_toast(page, {"corrupt": "Could not read", "too large": "at most", "16-bit": "only 8-bit"}[kind])
     # the server keeps serving: a good upload works right after
     page.locator(f"#{name}-input button[aria-label='Remove Image']").first.click()
+    assert run_app_page(page, name, image_file) == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
+
+
+def test_progress_and_stop(page, image_file):
+    name = "canny"
+    run_app_page(page, name, image_file)  # a finished run first, so the inputs are in place
+    set_number(page, f"{name}-ddim_steps", 100)
+    set_number(page, f"{name}-num_samples", 4)
+    set_number(page, f"{name}-image_resolution", 768)
+    page.locator(f"#{name}-run").click()
+    progress = page.locator(f"#{name}-gallery").get_by_text(re.compile(r"Sampling"))
+    expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)
+    page.locator(f"#{name}-stop").click()
+    expect(progress).to_have_count(0)
+    # the server stopped sampling at the next step: a new (short) run gets the generate slot and finishes
     assert run_app_page(page, name, image_file) == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
 
 
