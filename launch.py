@@ -56,10 +56,12 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
     return parser
 
 
-def generate_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
+def generate_parser() -> argparse.ArgumentParser:
     from apps.spec import A_PROMPT, N_PROMPT
 
-    apps = [p for p in pages if p != "annotators"]
+    from apps import APPS
+
+    apps = list(APPS)
     parser = argparse.ArgumentParser(
         prog="launch.py generate", parents=[model_options()],
         description="Generate without a browser: writes the detected map and the images, prints their paths.",
@@ -93,17 +95,27 @@ def make_manager(args: argparse.Namespace):
                         offline=True if args.offline else None, tiny=args.tiny)
 
 
+def extra_pages() -> dict:
+    """The pages that are not a single app, by name (`apps.PAGES`), in tab order."""
+    from apps import ANNOTATOR_PAGE, ANNOTATOR_SECTIONS, MULTI_PAGE
+    from apps.builder import Page, annotator_page
+    from apps.multi import TITLE, build_multi_page
+
+    return {MULTI_PAGE: Page(MULTI_PAGE, TITLE, build_multi_page), ANNOTATOR_PAGE: annotator_page(ANNOTATOR_SECTIONS)}
+
+
 def serve(args: argparse.Namespace) -> int:
-    from apps import ANNOTATOR_PAGE, ANNOTATOR_SECTIONS, APPS
+    from apps import APPS
     from apps.builder import CSS, MAX_UPLOAD, build_demo
 
     if args.max_queue < 1:
         raise SystemExit("--max-queue must be at least 1")
     manager = make_manager(args)
+    pages = extra_pages()
     if args.app == "all":
-        demo = build_demo(list(APPS.values()), manager, ANNOTATOR_SECTIONS)
-    elif args.app == ANNOTATOR_PAGE:
-        demo = build_demo([], manager, ANNOTATOR_SECTIONS)
+        demo = build_demo(list(APPS.values()), manager, list(pages.values()))
+    elif args.app in pages:
+        demo = build_demo([], manager, [pages[args.app]])
     else:
         demo = build_demo([APPS[args.app]], manager)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
@@ -173,10 +185,9 @@ def fail(message: str, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    pages = page_names()
     if argv[:1] == ["generate"]:
-        return generate(generate_parser(pages).parse_args(argv[1:]))
-    return serve(serve_parser(pages).parse_args(argv))
+        return generate(generate_parser().parse_args(argv[1:]))
+    return serve(serve_parser(page_names()).parse_args(argv))
 
 
 if __name__ == "__main__":

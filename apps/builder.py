@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import gradio as gr
 import numpy as np
@@ -19,7 +21,8 @@ import torch
 from annotator.registry import REGISTRY, Param
 from annotator.util import AnnotatorInputError, check_image, resize_image
 from annotator.weights import WeightFileError
-from apps.spec import A_PROMPT, N_PROMPT, SEED, AppSpec, InvalidInput, check_param, read_image, run_app, validate
+from apps.components import CheckedImage, Dropdown, Number, Slider, user_error
+from apps.spec import A_PROMPT, N_PROMPT, SEED, AnnotatorSection, AppResult, AppSpec, InvalidInput, check_param, run_app, validate
 from cldm.checkpoint import CheckpointError
 from cldm.ddim import SamplingCancelled
 from cldm.hub import WeightsUnavailable
@@ -27,6 +30,7 @@ from cldm.loader import ModelManager
 from cldm.pipeline import GenerationInputError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TINY_BANNER = "TINY RANDOM-WEIGHT MODE — outputs are noise, for testing only"
 CSS = """
@@ -40,52 +44,6 @@ USER_ERRORS = (InvalidInput, GenerationInputError, AnnotatorInputError, Checkpoi
 # ---- input components ---------------------------------------------------------------------------------------
 
 
-class CheckedImage(gr.Image):
-    """An upload read with `apps.spec.read_image`: refused with a clear message when it is not a readable
-    8-bit image of an accepted size (checked from the header, before the pixels are decoded)."""
-
-    is_template = True  # rendered by the frontend's Image component
-
-    def preprocess(self, payload: Any) -> np.ndarray | None:
-        if payload is None:
-            return None
-        if getattr(payload, "path", None) is None:  # a data: URL; gradio decodes it
-            return super().preprocess(payload)
-        try:
-            return read_image(payload.path, getattr(payload, "orig_name", None))
-        except InvalidInput as err:
-            raise user_error(err) from None
-
-
-def labelled(component: gr.components.Component, preprocess, payload: Any) -> Any:
-    """Gradio's own range and choice checks (they run before the app's), with the control's label in the message."""
-    try:
-        return preprocess(payload)
-    except gr.Error as err:
-        raise gr.Error(f"{component.label}: {err.message}", title="Cannot run") from None
-
-
-class Slider(gr.Slider):
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return labelled(self, super().preprocess, payload)
-
-
-class Number(gr.Number):
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return labelled(self, super().preprocess, payload)
-
-
-class Dropdown(gr.Dropdown):
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return labelled(self, super().preprocess, payload)
-
-
 def param_component(param: Param, elem_id: str | None = None) -> gr.components.Component:
     """The control for a Param: a checkbox (bool), a number box (no range/step) or a slider."""
     if param.kind is bool:
@@ -94,10 +52,6 @@ def param_component(param: Param, elem_id: str | None = None) -> gr.components.C
         return Number(label=param.label, value=param.default, minimum=param.minimum, maximum=param.maximum, elem_id=elem_id)
     return Slider(label=param.label, minimum=param.minimum, maximum=param.maximum, value=param.default,
                      step=param.step, randomize=param is SEED, elem_id=elem_id)
-
-
-def user_error(err: Exception) -> gr.Error:
-    return gr.Error(str(err), title="Cannot run")
 
 
 def unexpected_error(err: Exception) -> gr.Error:
@@ -111,13 +65,32 @@ def unexpected_error(err: Exception) -> gr.Error:
 
 
 class CancelToken:
-    """Per-session Stop flag: kept in a gr.State, so every session gets its own (deepcopy makes a fresh one)."""
+    """The Stop button of one session (kept in a gr.State; deepcopy gives each session a fresh one).
+
+    Every run has its own flag, so a run started after Stop cannot revive one that is still winding down."""
 
     def __init__(self):
-        self.event = threading.Event()
+        self._running: set[threading.Event] = set()
+        self._lock = threading.Lock()
 
     def __deepcopy__(self, memo) -> CancelToken:
         return CancelToken()
+
+    @contextmanager
+    def run(self) -> Iterator[threading.Event]:
+        flag = threading.Event()
+        with self._lock:
+            self._running.add(flag)
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                self._running.discard(flag)
+
+    def stop(self) -> None:
+        with self._lock:
+            for flag in self._running:
+                flag.set()
 
 
 def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
@@ -143,6 +116,27 @@ def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
 
     open_canvas.click(blank_canvas, [canvas_width, canvas_height], sketch, queue=False, api_name=f"{spec.name}_canvas")
     return sketch
+
+
+def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T], extra_errors: tuple = ()) -> T:
+    """`work(on_step, on_status)` under the session's Stop button and the page's progress bar; what goes wrong
+    becomes a gr.Error (the user's mistakes with their message, anything else logged) and the server keeps serving."""
+    try:
+        with cancel.run() as stopped:
+
+            def on_step(done: int, total: int) -> bool:
+                progress((done, total), desc="Sampling", unit="steps")
+                return not stopped.is_set()
+
+            return work(on_step, lambda text: progress(None, desc=text))
+    except (*USER_ERRORS, *extra_errors) as err:
+        raise user_error(err) from None
+    except SamplingCancelled as err:
+        raise gr.Error(f"Stopped ({err}).", title="Stopped") from None
+    except gr.Error:
+        raise
+    except Exception as err:  # noqa: BLE001 - the page must keep serving; the log has the traceback
+        raise unexpected_error(err) from None
 
 
 def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
@@ -177,34 +171,22 @@ def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
     names = [p.name for p in spec.controls]
 
     def process(cancel: CancelToken, image_value, prompt_value, *rest, progress=gr.Progress()):
-        cancel.event.clear()
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, weights_value = rest[len(names):]
 
-        def on_step(done: int, total: int) -> bool:
-            progress((done, total), desc="Sampling", unit="steps")
-            return not cancel.event.is_set()
-
-        try:
+        def work(on_step, on_status) -> AppResult:
             request = validate(spec, values, prompt_value, a_value, n_value, weights_value)
-            progress(0, desc="Detecting the control map")
-            result = run_app(spec, manager, image_value, request, on_step=on_step,
-                             on_status=lambda text: progress(None, desc=text))
-        except USER_ERRORS as err:
-            raise user_error(err) from None
-        except SamplingCancelled as err:
-            raise gr.Error(f"Stopped ({err}).", title="Stopped") from None
-        except gr.Error:
-            raise
-        except Exception as err:  # noqa: BLE001 - the page must keep serving; the log has the traceback
-            raise unexpected_error(err) from None
+            on_status("Detecting the control map")
+            return run_app(spec, manager, image_value, request, on_step=on_step, on_status=on_status)
+
+        result = guarded_run(cancel, progress, work)
         gallery_items = [(result.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
         return gallery_items, f"Seed used: **{result.seed}**", status_line()
 
     inputs, outputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights], [gallery, seed_used, status]
     clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
     submitted = prompt.submit(process, inputs, outputs, api_visibility="private", concurrency_id="generate")
-    stop.click(lambda cancel: cancel.event.set(), [token], None, cancels=[clicked, submitted], queue=False,
+    stop.click(CancelToken.stop, [token], None, cancels=[clicked, submitted], queue=False,
                api_visibility="private")
 
 
@@ -262,9 +244,22 @@ def status_text(manager: ModelManager) -> str:
             f"ControlNet file reads: {reads} · device {s['device']} ({s['dtype']})")
 
 
-def build_demo(apps: Sequence[AppSpec], manager: ModelManager, annotator_sections: Sequence | None = None,
+@dataclass(frozen=True)
+class Page:
+    """A tab other than a generation app (the annotator page, the multi-condition page)."""
+
+    name: str
+    title: str
+    build: Callable[[ModelManager, Callable[[], str]], None]  # (manager, status_line), inside the tab
+
+
+def annotator_page(sections: Sequence[AnnotatorSection]) -> Page:
+    return Page("annotators", "Annotators", lambda manager, status_line: build_annotator_page(sections, manager))
+
+
+def build_demo(apps: Sequence[AppSpec], manager: ModelManager, pages: Sequence[Page] = (),
                title: str = "ControlNet demo suite") -> gr.Blocks:
-    """One app, or several as tabs (plus the annotator page when `annotator_sections` is given)."""
+    """One app or page alone, or several as tabs: the generation apps first, then `pages`."""
 
     def status_line() -> str:
         return status_text(manager)
@@ -272,19 +267,16 @@ def build_demo(apps: Sequence[AppSpec], manager: ModelManager, annotator_section
     with gr.Blocks(title=title) as demo:
         if manager.tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
-        pages = len(apps) + (annotator_sections is not None)
-        if pages == 1 and apps:
-            build_app(apps[0], manager, status_line)
-        elif pages == 1:
-            build_annotator_page(annotator_sections, manager)
+        if len(apps) + len(pages) == 1:
+            build_app(apps[0], manager, status_line) if apps else pages[0].build(manager, status_line)
         else:
             with gr.Tabs():
                 for spec in apps:
                     with gr.Tab(spec.title.removesuffix(" Maps"), id=spec.name, elem_id=f"tab-{spec.name}"):
                         build_app(spec, manager, status_line)
-                if annotator_sections is not None:
-                    with gr.Tab("Annotators", id="annotators", elem_id="tab-annotators"):
-                        build_annotator_page(annotator_sections, manager)
+                for page in pages:
+                    with gr.Tab(page.title, id=page.name, elem_id=f"tab-{page.name}"):
+                        page.build(manager, status_line)
 
         def status() -> dict:
             """The model manager's state: base loads, ControlNet reads per file, the active weights."""

@@ -17,21 +17,18 @@ import cv2
 import gradio as gr
 import numpy as np
 
-import annotator
-from annotator.registry import REGISTRY, Param
+from annotator.registry import REGISTRY, Param, available
 from annotator.util import AnnotatorInputError, check_image, resize_image
-from apps import APPS
-from apps.builder import (USER_ERRORS, CancelToken, CheckedImage, Dropdown, param_component, unexpected_error,
-                          user_error)
+from apps import APPS, MULTI_PAGE
+from apps.builder import CancelToken, CheckedImage, Dropdown, guarded_run, param_component
 from apps.spec import (ETA, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED, STEPS, STRENGTH, A_PROMPT, N_PROMPT, AppSpec,
                        InvalidInput, Request, check_param, check_text, control_map, read_image)
 from cldm.control_bank import MAX_UNITS, ControlBank, ControlBankError
-from cldm.ddim import SamplingCancelled
 from cldm.hub import CN10, CN11, WEIGHTS
 from cldm.multi import ControlMode, ControlUnit
 from cldm.pipeline import GenerationParams, generate_multi
 
-NAME = "multi"
+NAME = MULTI_PAGE
 TITLE = "Multi-ControlNet"
 NO_ANNOTATOR = "none"
 CONTROL_WEIGHTS: tuple[str, ...] = tuple(key for key, w in WEIGHTS.items() if w.repo in (CN10, CN11))
@@ -55,7 +52,7 @@ ANNOTATOR_APPS: dict[str, AppSpec] = {}
 for _spec in APPS.values():
     if not _spec.canvas:
         ANNOTATOR_APPS.setdefault(_spec.annotator, _spec)
-for _name in annotator.available():
+for _name in available():
     ANNOTATOR_APPS.setdefault(_name, AppSpec(_name, REGISTRY[_name].title, _name, CONTROL_WEIGHTS, REGISTRY[_name].params))
 DEFAULT_WEIGHTS = {name: spec.weights[0] for name, spec in ANNOTATOR_APPS.items()}
 
@@ -87,7 +84,7 @@ class MultiRequest:
     mode: ControlMode
 
 
-def check_unit(number: int, image: Any, annotator_name: Any, weights: Any = None, strength: Any = STRENGTH.default,
+def check_unit(number: int, image: Any, annotator: Any, weights: Any = None, strength: Any = STRENGTH.default,
                start: Any = START.default, end: Any = END.default, params: Any = None) -> Unit:
     """Unit `number` (1-based) checked; InvalidInput says which unit and which value is wrong."""
     try:
@@ -97,32 +94,32 @@ def check_unit(number: int, image: Any, annotator_name: Any, weights: Any = None
             image = check_image(image)
         except AnnotatorInputError as err:
             raise InvalidInput(f"image: {err}") from None
-        if annotator_name != NO_ANNOTATOR and annotator_name not in ANNOTATOR_APPS:
-            raise InvalidInput(f"unknown annotator {annotator_name!r}; choose {NO_ANNOTATOR} (the image is the map) "
+        if not isinstance(annotator, str) or annotator != NO_ANNOTATOR and annotator not in ANNOTATOR_APPS:
+            raise InvalidInput(f"unknown annotator {annotator!r}; choose {NO_ANNOTATOR} (the image is the map) "
                                f"or one of {', '.join(ANNOTATOR_APPS)}")
         if weights is None or weights == "":
-            if annotator_name == NO_ANNOTATOR:
+            if annotator == NO_ANNOTATOR:
                 raise InvalidInput(f"ControlNet weights are required with annotator {NO_ANNOTATOR}")
-            weights = DEFAULT_WEIGHTS[annotator_name]
+            weights = DEFAULT_WEIGHTS[annotator]
         if weights not in CONTROL_WEIGHTS:
             raise InvalidInput(f"ControlNet weights {weights!r} are unknown; choose one of {', '.join(CONTROL_WEIGHTS)}")
         strength, start, end = (check_param(p, v) for p, v in ((STRENGTH, strength), (START, start), (END, end)))
         if start >= end:
             raise InvalidInput(f"End ({end}) must be greater than Start ({start})")
-        return Unit(number, image, annotator_name, weights, strength, start, end, _unit_params(annotator_name, params))
+        return Unit(number, image, annotator, weights, strength, start, end, _unit_params(annotator, params))
     except InvalidInput as err:
         raise InvalidInput(f"Unit {number}: {err}") from None
 
 
-def _unit_params(annotator_name: str, params: Any) -> dict[str, Any]:
-    extras = () if annotator_name == NO_ANNOTATOR else ANNOTATOR_APPS[annotator_name].extras
+def _unit_params(annotator: str, params: Any) -> dict[str, Any]:
+    extras = () if annotator == NO_ANNOTATOR else ANNOTATOR_APPS[annotator].extras
     if params is None:
         params = {}
     if not isinstance(params, Mapping):
         raise InvalidInput(f"params must be an object of annotator settings, got {type(params).__name__}")
     unknown = sorted(set(params) - {p.name for p in extras})
     if unknown:
-        raise InvalidInput(f"annotator {annotator_name} has no setting(s) {', '.join(map(str, unknown))}; "
+        raise InvalidInput(f"annotator {annotator} has no setting(s) {', '.join(map(str, unknown))}; "
                            f"accepted: {', '.join(p.name for p in extras) or 'none'}")
     return {p.name: check_param(p, params.get(p.name, p.default)) for p in extras}
 
@@ -292,27 +289,17 @@ def build_multi_page(manager, status_line: Callable[[], str]) -> None:
     names = [p.name for p in COMMON]
 
     def respond(cancel: CancelToken, make_units: Callable[[], list[Unit]], prompt_value, rest, progress):
-        cancel.event.clear()
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, mode_value = rest[len(names):]
 
-        def on_step(done: int, total: int) -> bool:
-            progress((done, total), desc="Sampling", unit="steps")
-            return not cancel.event.is_set()
-
-        try:
+        def work(on_step, on_status) -> tuple[MultiRequest, MultiResult]:
             request = validate_multi(make_units(), values, prompt_value, a_value, n_value, mode_value)
-            progress(0, desc="Detecting the control maps")
-            result = run_multi(manager, bank, request, on_step=on_step, on_status=lambda text: progress(None, desc=text))
-        except (*USER_ERRORS, ControlBankError) as err:
-            raise user_error(err) from None
-        except SamplingCancelled as err:
-            raise gr.Error(f"Stopped ({err}).", title="Stopped") from None
-        except gr.Error:
-            raise
-        except Exception as err:  # noqa: BLE001 - the page must keep serving; the log has the traceback
-            raise unexpected_error(err) from None
-        maps = [(m, f"unit {u.number}: {u.annotator} map") for u, m in zip(request.units, result.maps)]
+            on_status("Detecting the control maps")
+            return request, run_multi(manager, bank, request, on_step=on_step, on_status=on_status)
+
+        request, result = guarded_run(cancel, progress, work, extra_errors=(ControlBankError,))
+        maps = [(m, f"unit {u.number}: " + ("the image (no annotator)" if u.annotator == NO_ANNOTATOR else f"{u.annotator} map"))
+                for u, m in zip(request.units, result.maps)]
         samples = [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
         return maps + samples, f"Seed used: **{result.seed}**", f"{status_line()} · {_bank_text(bank)}"
 
@@ -338,7 +325,7 @@ def build_multi_page(manager, status_line: Callable[[], str]) -> None:
         api_trigger.click(process_api, [token, units_json, unit_images, *common], outputs, api_name=NAME,
                           concurrency_id="generate"),
     ]
-    stop.click(lambda cancel: cancel.event.set(), [token], None, cancels=events, queue=False, api_visibility="private")
+    stop.click(CancelToken.stop, [token], None, cancels=events, queue=False, api_visibility="private")
 
 
 def _bank_text(bank: ControlBank) -> str:

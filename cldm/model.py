@@ -93,8 +93,8 @@ def _load(model: nn.Module, path: PathLike, source: dict[str, Tensor], target: d
     wrong = [k for k in source if k in target and source[k].shape != target[k].shape]
     if missing or unexpected or wrong:
         problems = [
-            _listing("missing", missing),
-            _listing("unexpected", unexpected),
+            _listing("missing keys", missing),
+            _listing("unexpected keys", unexpected),
             _listing("shape mismatches", [f"{k} (file {list(source[k].shape)}, model {list(target[k].shape)})" for k in wrong]),
         ]
         raise CheckpointError(path, "does not fit the model: " + "; ".join(p for p in problems if p) + _family_hint(source))
@@ -111,7 +111,7 @@ def _listing(what: str, keys: list[str]) -> str:
     if not keys:
         return ""
     more = f", … ({len(keys) - EXAMPLES} more)" if len(keys) > EXAMPLES else ""
-    return f"{len(keys)} {what} keys (e.g. {', '.join(keys[:EXAMPLES])}{more})"
+    return f"{len(keys)} {what} (e.g. {', '.join(keys[:EXAMPLES])}{more})"
 
 
 def _family_hint(source: dict[str, Tensor]) -> str:
@@ -120,5 +120,5 @@ def _family_hint(source: dict[str, Tensor]) -> str:
         k.endswith("attn2.to_k.weight") and v.ndim == 2 and v.shape[1] == 1024 for k, v in source.items()
     )
     if sd2:
-        return ". This looks like a Stable Diffusion 2.x file (OpenCLIP text encoder, context dim 1024); this model is SD 1.5 (context dim 768)"
+        return ". This looks like a Stable Diffusion 2.x file (OpenCLIP text encoder, context dim 1024); this model is built for SD 1.5 (CLIP ViT-L/14 text encoder, context dim 768)"
     return ""

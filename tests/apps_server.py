@@ -91,6 +91,19 @@ def shared_server(*args: str) -> Server:
     return _SERVERS[args]
 
 
+def shared_client(*args: str):
+    """A gradio_client Client of `shared_server(*args)` (one per server)."""
+    from gradio_client import Client
+
+    server = shared_server(*args)
+    if server.url not in _CLIENTS:
+        _CLIENTS[server.url] = Client(server.url, verbose=False)
+    return _CLIENTS[server.url]
+
+
+_CLIENTS: dict = {}
+
+
 @atexit.register
 def _stop_all() -> None:
     for server in _SERVERS.values():

@@ -14,20 +14,15 @@ from gradio_client.exceptions import AppError
 
 from apps import ANNOTATOR_SECTIONS, APPS
 from apps.spec import A_PROMPT, MAX_PROMPT_CHARS, N_PROMPT
-from tests.apps_server import bad_inputs, input_image_path, shared_server, start_server, synthetic_image, write_png
+from tests.apps_server import bad_inputs, input_image_path, shared_client, start_server, synthetic_image, write_png
 
 RESOLUTION = 256
 INPUT_H, INPUT_W = 256, 320
 
 
 @pytest.fixture(scope="module")
-def server():
-    return shared_server("--app", "all")
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server.url, verbose=False)
+def client():
+    return shared_client("--app", "all")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +89,7 @@ def test_random_seed_is_reported(client, files):
     assert 0 <= seed <= 65535
 
 
-def test_weights_variant_and_base_reuse(client, files, server):
+def test_weights_variant_and_base_reuse(client, files):
     client.predict(*app_args("canny", app_input("canny", files), weights="cn11_canny"), api_name="/canny")
     client.predict(*app_args("canny", app_input("canny", files)), api_name="/canny")
     state = client.predict(api_name="/status")
@@ -208,3 +203,46 @@ def test_missing_weights_are_explained_and_the_server_keeps_serving(weightless_s
         client.predict(*app_args("hed", app_input("hed", files)), api_name="/hed")
     assert client.predict(api_name="/status")["base_loads"] == 0
     assert "TINY" not in urllib.request.urlopen(weightless_server.url, timeout=30).read().decode()
+
+
+# ---- Stop, without a server: the pipeline callback sees the session's flag ----------------------------------------
+
+
+def test_stop_cancels_the_running_sampler_and_only_it():
+    import threading
+
+    import gradio as gr
+
+    from apps.builder import CancelToken, guarded_run
+    from apps.spec import run_app, validate
+    from cldm.loader import ModelManager
+
+    manager, spec, token = ModelManager(tiny=True, device="cpu"), APPS["scribble"], CancelToken()
+    values = {p.name: p.default for p in spec.controls} | {"image_resolution": 256, "ddim_steps": 100}
+    request = validate(spec, values, "x", "", "", None)
+    image = synthetic_image(INPUT_H, INPUT_W)
+    steps, started, outcome = [], threading.Event(), {}
+
+    def work(on_step, on_status):
+        def counting(done, total):
+            steps.append(done)
+            started.set()
+            return on_step(done, total)
+        return run_app(spec, manager, image, request, on_step=counting, on_status=on_status)
+
+    def first_run():
+        try:
+            guarded_run(token, gr.Progress(), work)
+        except gr.Error as err:
+            outcome["error"] = err.message
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    assert started.wait(120)
+    token.stop()
+    thread.join(120)
+    assert outcome["error"].startswith("Stopped") and len(steps) < 100
+    # a run started afterwards is not stopped by the earlier click
+    short = validate(spec, values | {"ddim_steps": 2}, "x", "", "", None)
+    result = guarded_run(token, gr.Progress(), lambda on_step, on_status: run_app(spec, manager, image, short, on_step))
+    assert len(result.samples) == 1

@@ -3,6 +3,7 @@ uploads or draws an input, runs, and shows the detected map plus the requested i
 Screenshots of every page go to artifacts/screenshots/. A missing browser fails these tests."""
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import urllib.request
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from apps import APPS, ANNOTATOR_SECTIONS
+from apps import ANNOTATOR_SECTIONS, APPS, PAGES
 from apps.builder import TINY_BANNER
 from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server
 
@@ -22,6 +23,7 @@ DETECT_RESOLUTION = 128  # the smallest: the random-weight detectors are the slo
 SAMPLES = 2
 INPUT_H, INPUT_W = 256, 320  # at resolution 256 the output is 256×320
 TIMEOUT_MS = 120_000
+SEEDS = itertools.count(1000)
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +116,11 @@ def draw_on_canvas(page: Page, name: str) -> None:
     page.locator(f"#{name}-input button[aria-label='Brush']").click()
     canvas = page.locator(f"#{name}-input canvas").first
     box = canvas.bounding_box()
-    for k in range(3):
-        y = box["y"] + box["height"] * (0.3 + 0.2 * k)
+    for k in range(2):  # every mouse step repaints the canvas: few strokes, few steps
+        y = box["y"] + box["height"] * (0.3 + 0.3 * k)
         page.mouse.move(box["x"] + box["width"] * 0.2, y)
         page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] * 0.8, y + 10, steps=12)
+        page.mouse.move(box["x"] + box["width"] * 0.8, y + 10, steps=4)
         page.mouse.up()
 
 
@@ -142,15 +144,16 @@ def run_app_page(page: Page, name: str, image_file: Path, tabs: bool = True) -> 
     set_number(page, f"{name}-ddim_steps", 1)
     if spec.detect_resolution is not None:
         set_number(page, f"{name}-detect_resolution", DETECT_RESOLUTION)
+    seed = next(SEEDS)  # a new seed per run: the page showing it proves the gallery holds this run's result
+    set_number(page, f"{name}-seed", seed)
     page.locator(f"#{name}-run").click()
-    sizes = gallery_sizes(page, f"{name}-gallery", 1 + SAMPLES)
-    expect(page.locator(f"#{name}-seed-used")).to_contain_text("Seed used")
-    return sizes
+    expect(page.locator(f"#{name}-seed-used")).to_contain_text(f"Seed used: {seed}", timeout=TIMEOUT_MS)
+    return gallery_sizes(page, f"{name}-gallery", 1 + SAMPLES)
 
 
 def test_tiny_banner_and_tabs(page):
     expect(page.locator("#tiny-banner")).to_contain_text(TINY_BANNER)
-    for name in [*APPS, "annotators"]:
+    for name in PAGES:
         expect(page.locator(f"#tab-{name}-button")).to_have_count(1)
 
 
@@ -201,8 +204,7 @@ def test_progress_and_stop(page, image_file):
     name = "canny"
     run_app_page(page, name, image_file)  # a finished run first, so the inputs are in place
     set_number(page, f"{name}-ddim_steps", 100)
-    set_number(page, f"{name}-num_samples", 4)
-    set_number(page, f"{name}-image_resolution", 768)
+    set_number(page, f"{name}-image_resolution", 512)
     page.locator(f"#{name}-run").click()
     progress = page.locator(f"#{name}-gallery").get_by_text(re.compile(r"Sampling"))
     expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)

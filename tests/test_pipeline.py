@@ -60,6 +60,14 @@ def test_generate_equals_original_process(model, control_map, guess_mode, eta):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_ddim_sampler_intermediates(model):
+    cond = {"c_concat": None, "c_crossattn": [torch.randn(1, 77, 32)]}
+    samples, inter = DDIMSampler(model).sample(4, 1, (4, 8, 8), cond, generator=torch.Generator().manual_seed(0))
+    # x_T, then the first step (index total-1) and every index divisible by 100 (here only the last step).
+    assert len(inter["x_inter"]) == len(inter["pred_x0"]) == 3
+    assert torch.equal(inter["x_inter"][-1], samples)
+
+
 def test_seed_determinism(model, control_map):
     a = generate(model, control_map, params(eta=1.0)).images
     b = generate(model, control_map, params(eta=1.0)).images
