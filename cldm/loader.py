@@ -116,7 +116,7 @@ class ModelManager:
                     model = create_model(self.config)
             else:
                 path = self._resolve("sd15")  # before building: a missing file fails fast
-                model = create_model(self.config)
+                model = create_model(self.config, dtype=self.dtype, init_weights=False)
                 load_base(model, path)
             model.low_memory = self.low_memory
             self._model = self._place(model).eval()

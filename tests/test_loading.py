@@ -177,3 +177,22 @@ def test_sd2_like_file_gets_a_hint(tmp_path, model, official):
 def test_control_loader_rejects_base_file(tmp_path, model, official):
     save_file(sd_base(official, ema=False), tmp_path / "base.safetensors")
     assert "holds no ControlNet weights" in error_of(load_control, model, tmp_path / "base.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uninitialised_build_then_load_equals_random_build_then_load(tmp_path, official, dtype):
+    """create_model(init_weights=False) allocates in the target dtype, computes the schedule, and after a load
+    is the same model as a randomly initialised one."""
+    path = tmp_path / "full.safetensors"
+    save_file({k: v.contiguous() for k, v in official.items() if k != POSITION_IDS}, str(path))
+    fast = create_model(TINY, dtype=dtype, init_weights=False)
+    assert {p.dtype for p in fast.parameters()} == {dtype}
+    reference = create_model(TINY)
+    for name, buffer in reference.named_buffers():
+        assert torch.equal(buffer, dict(fast.named_buffers())[name]), name
+    load_full_checkpoint(fast, path)
+    for child in reference.children():  # the schedule buffers (top level) stay float32
+        child.to(dtype)
+    load_full_checkpoint(reference, path)
+    for (name, a), b in zip(fast.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
