@@ -63,3 +63,10 @@ class Dropdown(gr.Dropdown):
 
     def preprocess(self, payload: Any) -> Any:
         return labelled(self, super().preprocess, payload)
+
+
+class Radio(gr.Radio):
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return labelled(self, super().preprocess, payload)

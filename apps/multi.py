@@ -21,6 +21,7 @@ from annotator.registry import REGISTRY, Param, available
 from annotator.util import AnnotatorInputError, check_image, resize_image
 from apps import APPS, MULTI_PAGE
 from apps.builder import CancelToken, CheckedImage, Dropdown, guarded_run, param_component
+from apps.components import Radio
 from apps.spec import (ETA, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED, STEPS, STRENGTH, A_PROMPT, N_PROMPT, AppSpec,
                        InvalidInput, Request, check_param, check_text, control_map, read_image)
 from cldm.control_bank import MAX_UNITS, ControlBank, ControlBankError
@@ -264,7 +265,7 @@ def build_multi_page(manager, status_line: Callable[[], str]) -> None:
         with gr.Column():
             unit_inputs = [_unit_inputs(k) for k in range(1, MAX_UNITS + 1)]
             prompt = gr.Textbox(label="Prompt", elem_id=f"{NAME}-prompt")
-            mode = gr.Radio(label="Control mode", choices=[(title, m.value) for m, (title, _) in MODES.items()],
+            mode = Radio(label="Control mode", choices=[(title, m.value) for m, (title, _) in MODES.items()],
                             value=ControlMode.BALANCED.value, elem_id=f"{NAME}-mode")
             gr.Markdown("\n".join(f"* **{title}**: {text}." for title, text in MODES.values()))
             with gr.Row():

@@ -163,7 +163,7 @@ def test_bad_unit_lists_are_refused(client, images, units, count, message):
 def test_bad_common_values_are_refused(client, images):
     with pytest.raises(AppError, match="Steps"):
         client.predict(*multi_args(TWO_UNITS, images, ddim_steps=0), api_name="/multi")
-    with pytest.raises(AppError, match="cfg_resolution_weighting"):
+    with pytest.raises(AppError, match="Control mode.*cfg_resolution_weighting"):
         client.predict(*multi_args(TWO_UNITS, images, mode="loud"), api_name="/multi")
 
 
