@@ -11,20 +11,25 @@ class WeightFileError(RuntimeError):
     """A weight file exists but does not hold what the network expects; the message names the file."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .pth/.pt file, read with weights_only=True (never unpickles arbitrary objects)."""
+def read_state_dict(path: str | Path, wrapper: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a .pth/.pt file, read with weights_only=True (never unpickles arbitrary objects).
+
+    `wrapper`: the entry that holds the state dict in files that wrap it (e.g. "state_dict", "model")."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise WeightFileError(f"cannot read weight file {path}: {type(err).__name__}: {err}") from err
+    if wrapper is not None:
+        if not isinstance(state, dict) or not isinstance(state.get(wrapper), dict):
+            raise WeightFileError(f"weight file {path} has no '{wrapper}' entry holding the weights")
+        state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightFileError(f"weight file {path} is not a plain dict of tensors")
     return state
 
 
-def load_into(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Copy the file's tensors into `module` (fp16 files land in the module's fp32 parameters)."""
-    state = read_state_dict(path)
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> torch.nn.Module:
+    """Copy `state` (read from `path`) into `module` after checking names and shapes (fp16 lands in fp32)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -44,8 +49,17 @@ def load_into(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return module
 
 
-def build_network(make: Callable[[], torch.nn.Module], hub_key: str, device: str, random_init: bool) -> torch.nn.Module:
-    """`make()` in eval mode on `device`, with the weights of `hub_key` or, if random_init, seeded random ones."""
+def load_into(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Copy the file's tensors into `module` (a plain state dict with the module's own key names)."""
+    return load_state(module, read_state_dict(path), path)
+
+
+def build_network(make: Callable[[], torch.nn.Module], hub_key: str, device: str, random_init: bool,
+                  files=None, load: Callable[[torch.nn.Module, Path], torch.nn.Module] = load_into) -> torch.nn.Module:
+    """`make()` in eval mode on `device`, with the weights of `hub_key` or, if random_init, seeded random ones.
+
+    `files` resolves weight keys to paths (`files.resolve(key)`), default: the standard lookup; `load(net, path)`
+    reads a file into the network (default: a plain state dict with the network's own key names)."""
     if random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same random network every time (tests, --tiny demos)
@@ -53,6 +67,6 @@ def build_network(make: Callable[[], torch.nn.Module], hub_key: str, device: str
     else:
         from cldm.hub import resolve
 
-        net = load_into(make(), resolve(hub_key))
+        path = files.resolve(hub_key) if files is not None else resolve(hub_key)
+        net = load(make(), path)
     return net.float().eval().to(device)
-
