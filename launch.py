@@ -17,9 +17,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def page_names() -> tuple[str, ...]:
-    from apps import PAGES
+    from apps.pages import PAGES
 
-    return PAGES
+    return tuple(PAGES)
 
 
 def model_options() -> argparse.ArgumentParser:
@@ -57,9 +57,11 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
 
 
 def generate_parser() -> argparse.ArgumentParser:
-    from apps.spec import A_PROMPT, N_PROMPT
+    from apps.controls import A_PROMPT, ETA, IMAGE_RESOLUTION, N_PROMPT, NUM_SAMPLES, SCALE, SEED, STEPS, STRENGTH
+    from apps.registry import APPS
 
-    from apps import APPS
+    def ranged(param) -> str:
+        return f"{param.label}, {param.minimum}-{param.maximum} (default {param.default})"
 
     apps = list(APPS)
     parser = argparse.ArgumentParser(
@@ -70,13 +72,13 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", required=True, type=Path, help="an input image, or a folder of them (batch)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--n", type=int, default=1, help="images per input (1-12)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=-1, help="-1: random")
-    parser.add_argument("--image-resolution", type=int, default=512)
-    parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--scale", type=float, default=9.0)
-    parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument("--n", type=int, default=NUM_SAMPLES.default, help=f"images per input: {ranged(NUM_SAMPLES)}")
+    parser.add_argument("--steps", type=int, default=STEPS.default, help=ranged(STEPS))
+    parser.add_argument("--seed", type=int, default=SEED.default, help=f"{ranged(SEED)}; -1: random")
+    parser.add_argument("--image-resolution", type=int, default=IMAGE_RESOLUTION.default, help=ranged(IMAGE_RESOLUTION))
+    parser.add_argument("--strength", type=float, default=STRENGTH.default, help=ranged(STRENGTH))
+    parser.add_argument("--scale", type=float, default=SCALE.default, help=ranged(SCALE))
+    parser.add_argument("--eta", type=float, default=ETA.default, help=ranged(ETA))
     parser.add_argument("--guess-mode", action="store_true")
     parser.add_argument("--a-prompt", default=A_PROMPT)
     parser.add_argument("--n-prompt", default=N_PROMPT)
@@ -86,38 +88,25 @@ def generate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_manager(args: argparse.Namespace):
-    from cldm.loader import ModelManager
+def make_backend(args: argparse.Namespace):
+    """The shared model and the detectors, finding weights in --models-dir first, never downloading if --offline."""
+    from apps.backend import Backend
+    from cldm.shared_model import SharedModel
+    from weights.files import WeightFiles
 
-    if args.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # annotator weights are resolved through the same hub table
-    return ModelManager(models_dir=args.models_dir, device=args.device, dtype=args.dtype, low_memory=args.low_memory,
-                        offline=True if args.offline else None, tiny=args.tiny)
-
-
-def extra_pages() -> dict:
-    """The pages that are not a single app, by name (`apps.PAGES`), in tab order."""
-    from apps import ANNOTATOR_PAGE, ANNOTATOR_SECTIONS, MULTI_PAGE
-    from apps.builder import Page, annotator_page
-    from apps.multi import TITLE, build_multi_page
-
-    return {MULTI_PAGE: Page(MULTI_PAGE, TITLE, build_multi_page), ANNOTATOR_PAGE: annotator_page(ANNOTATOR_SECTIONS)}
+    files = WeightFiles(search_dirs=[args.models_dir] if args.models_dir else [], offline=True if args.offline else None)
+    return Backend(SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory,
+                               tiny=args.tiny))
 
 
 def serve(args: argparse.Namespace) -> int:
-    from apps import APPS
     from apps.builder import CSS, MAX_UPLOAD, build_demo
+    from apps.pages import PAGES
 
     if args.max_queue < 1:
         raise SystemExit("--max-queue must be at least 1")
-    manager = make_manager(args)
-    pages = extra_pages()
-    if args.app == "all":
-        demo = build_demo(list(APPS.values()), manager, list(pages.values()))
-    elif args.app in pages:
-        demo = build_demo([], manager, [pages[args.app]])
-    else:
-        demo = build_demo([APPS[args.app]], manager)
+    pages = list(PAGES.values()) if args.app == "all" else [PAGES[args.app]]
+    demo = build_demo(pages, make_backend(args))
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
                 ssr_mode=False, show_error=False, max_file_size=MAX_UPLOAD, css=CSS)
@@ -128,12 +117,10 @@ def generate(args: argparse.Namespace) -> int:
     import numpy as np
     import PIL.Image
 
-    from apps import APPS
-    from annotator.weights import WeightFileError
-    from apps.spec import InvalidInput, read_image, run_app, validate
-    from cldm.checkpoint import CheckpointError
-    from cldm.hub import WeightsUnavailable
-    from cldm.pipeline import GenerationInputError
+    from apps.errors import USER_ERRORS, InvalidInput
+    from apps.images import read_image
+    from apps.registry import APPS
+    from apps.spec import run_app, validate
 
     spec = APPS[args.app]
     if args.image.is_dir():
@@ -159,14 +146,12 @@ def generate(args: argparse.Namespace) -> int:
     except InvalidInput as err:
         return fail(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
-    manager = make_manager(args)
+    backend = make_backend(args)
     for path, image in zip(inputs, images):
         try:
-            result = run_app(spec, manager, {"layers": [], "composite": image} if spec.canvas else image, request)
-        except (InvalidInput, GenerationInputError) as err:
-            return fail(f"{path}: {err}")
-        except (CheckpointError, WeightsUnavailable, WeightFileError) as err:
-            return fail(str(err), code=1)
+            result = run_app(spec, backend, {"layers": [], "composite": image} if spec.canvas else image, request)
+        except USER_ERRORS as err:
+            return fail(str(err), code=1) if weight_problem(err) else fail(f"{path}: {err}")
         written = [args.out / f"{path.stem}_{args.app}_map.png"]
         PIL.Image.fromarray(np.ascontiguousarray(result.display_map)).save(written[0])
         for i, sample in enumerate(result.samples):
@@ -175,6 +160,15 @@ def generate(args: argparse.Namespace) -> int:
         for out in written:
             print(out)
     return 0
+
+
+def weight_problem(err: Exception) -> bool:
+    """A weight file that is missing or broken (exit status 1), not the user's input (exit status 2)."""
+    from annotator.weights import WeightFileError
+    from cldm.checkpoint import CheckpointError
+    from weights.files import WeightsUnavailable
+
+    return isinstance(err, (CheckpointError, WeightsUnavailable, WeightFileError))
 
 
 def fail(message: str, code: int = 2) -> int:

@@ -2,7 +2,7 @@
 
     import annotator
     annotator.available()                   # ['canny', 'mlsd', 'hed', ...]
-    det = annotator.load("hed")             # weights via cldm.hub (annotator/ckpts or $ANNOTATOR_CKPTS)
+    det = annotator.load("hed")             # weights via weights.WeightFiles (annotator/ckpts, $ANNOTATOR_CKPTS, the hub)
     edge_map = det(image)                   # H×W×3 uint8, same H×W as image
     control = det.control_map(image, (H, W))  # detect, then resize the way the apps do
 """

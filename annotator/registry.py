@@ -5,12 +5,13 @@ already resized to the detect resolution by the caller and `map` is H×W×3 uint
 
 Adding a detector
 -----------------
-1. Write `annotator/<pkg>/` with a detector class taking `(device, random_init)`; `random_init=True`
-   must build the network with random weights and read no file.
+1. Write `annotator/<pkg>/` with a detector class taking `(device, random_init, files)`; `random_init=True`
+   must build the network with random weights and read no file; `files` (a `weights.WeightFiles`) finds
+   the weight files (`annotator.weights.build_network` does both).
 2. Add a factory below that imports your package *inside* the function (a broken or missing package
    then only breaks its own entry) and a `DetectorSpec` to `SPECS`:
    `params` are the user-facing knobs (their names are the detector's keyword arguments), `weights`
-   the `cldm.hub` keys the factory resolves, `map_interpolation` how apps resize the map to the
+   the `weights.WEIGHTS` keys the factory resolves, `map_interpolation` how apps resize the map to the
    output size ("nearest", "bilinear" or "none" when the map is made at the output size).
 3. Add the name to the expectations in `tests/test_annotator_registry.py` (every registered
    detector is run there on grey/RGB/RGBA/odd-sized input with `random_init=True`).
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from annotator.util import AnnotatorInputError, check_image, resize_map
+from weights.files import WeightFiles
 
 Detector = Callable[..., np.ndarray]
 
@@ -71,10 +73,10 @@ class Param:
 class DetectorSpec:
     name: str
     title: str
-    factory: Callable[[str, bool], Detector]  # (device, random_init) -> detector
+    factory: Callable[[str, bool, WeightFiles | None], Detector]  # (device, random_init, files) -> detector
     params: tuple[Param, ...] = ()
     map_interpolation: str = "none"
-    weights: tuple[str, ...] = ()  # cldm.hub keys; empty = no network
+    weights: tuple[str, ...] = ()  # keys of weights.WEIGHTS; empty = no network
     # Fake scribble: the map is resized *between* two stages, so the detector exposes
     # `prepare(image, **params)` (map at detect size) and `finish(map)` (at output size).
     finish_after_resize: bool = False
@@ -101,58 +103,58 @@ class DetectorSpec:
 # --- factories: each imports its package only when the detector is built ---------------------------
 
 
-def _canny(device: str, random_init: bool) -> Detector:
+def _canny(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.canny import CannyDetector
 
     return CannyDetector()
 
 
-def _scribble(device: str, random_init: bool) -> Detector:
+def _scribble(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.scribble import ScribbleDetector
 
     return ScribbleDetector()
 
 
-def _hed(device: str, random_init: bool) -> Detector:
+def _hed(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.hed import HEDDetector
 
-    return HEDDetector(device=device, random_init=random_init)
+    return HEDDetector(device=device, random_init=random_init, files=files)
 
 
-def _fake_scribble(device: str, random_init: bool) -> Detector:
+def _fake_scribble(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.hed import FakeScribbleDetector
 
-    return FakeScribbleDetector(device=device, random_init=random_init)
+    return FakeScribbleDetector(device=device, random_init=random_init, files=files)
 
 
-def _mlsd(device: str, random_init: bool) -> Detector:
+def _mlsd(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.mlsd import MLSDDetector
 
-    return MLSDDetector(device=device, random_init=random_init)
+    return MLSDDetector(device=device, random_init=random_init, files=files)
 
 
-def _openpose(device: str, random_init: bool) -> Detector:
+def _openpose(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.openpose import OpenposeDetector
 
-    return OpenposeDetector(device=device, random_init=random_init)
+    return OpenposeDetector(device=device, random_init=random_init, files=files)
 
 
-def _seg(device: str, random_init: bool) -> Detector:
+def _seg(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.uniformer import UniformerDetector
 
-    return UniformerDetector(device=device, random_init=random_init)
+    return UniformerDetector(device=device, random_init=random_init, files=files)
 
 
-def _depth(device: str, random_init: bool) -> Detector:
+def _depth(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.midas import MidasDepthDetector
 
-    return MidasDepthDetector(device=device, random_init=random_init)
+    return MidasDepthDetector(device=device, random_init=random_init, files=files)
 
 
-def _normal(device: str, random_init: bool) -> Detector:
+def _normal(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
     from annotator.midas import MidasNormalDetector
 
-    return MidasNormalDetector(device=device, random_init=random_init)
+    return MidasNormalDetector(device=device, random_init=random_init, files=files)
 
 
 SPECS: tuple[DetectorSpec, ...] = (
@@ -229,7 +231,7 @@ class Annotator:
 
 # Built detectors. Networks are big, so only detectors of one weight set stay resident (depth and
 # normal share MiDaS, hed and fake_scribble share HED); weightless ones (canny, scribble) are kept.
-_CACHE: dict[tuple[str, str, bool], Annotator] = {}
+_CACHE: dict[tuple[str, str, bool, WeightFiles | None], Annotator] = {}
 _CACHE_LOCK = threading.Lock()  # the UI serves requests from several threads
 
 
@@ -237,9 +239,11 @@ def available() -> list[str]:
     return list(REGISTRY)
 
 
-def load(name: str, device: str = "cpu", random_init: bool = False) -> Annotator:
-    """The detector `name` on `device`; `random_init=True` uses random weights and reads no file."""
-    key = (name, str(device), bool(random_init))
+def load(name: str, device: str = "cpu", random_init: bool = False, files: WeightFiles | None = None) -> Annotator:
+    """The detector `name` on `device`; `random_init=True` uses random weights and reads no file.
+
+    `files` says where weight files are found (default: `WeightFiles()`, the standard lookup)."""
+    key = (name, str(device), bool(random_init), files)
     entry = spec(name)
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -247,7 +251,7 @@ def load(name: str, device: str = "cpu", random_init: bool = False) -> Annotator
         if entry.weights:
             for other in [k for k in _CACHE if REGISTRY[k[0]].weights not in ((), entry.weights)]:
                 del _CACHE[other]
-        annotator = Annotator(entry, entry.factory(str(device), bool(random_init)))
+        annotator = Annotator(entry, entry.factory(str(device), bool(random_init), files))
         _CACHE[key] = annotator
         return annotator
 

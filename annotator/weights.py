@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from weights.files import WeightFiles
+
 
 class WeightFileError(RuntimeError):
     """A weight file exists but does not hold what the network expects; the message names the file."""
@@ -54,19 +56,25 @@ def load_into(module: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return load_state(module, read_state_dict(path), path)
 
 
-def build_network(make: Callable[[], torch.nn.Module], hub_key: str, device: str, random_init: bool,
-                  files=None, load: Callable[[torch.nn.Module, Path], torch.nn.Module] = load_into) -> torch.nn.Module:
-    """`make()` in eval mode on `device`, with the weights of `hub_key` or, if random_init, seeded random ones.
+def build_network(make: Callable[[], torch.nn.Module], weight_key: str, device: str, random_init: bool,
+                  files: WeightFiles | None = None, load: Callable[[torch.nn.Module, Path], torch.nn.Module] = load_into,
+                  skip_init: bool = False) -> torch.nn.Module:
+    """`make()` in eval mode on `device`, with the weights of `weight_key` or, if random_init, seeded random ones.
 
-    `files` resolves weight keys to paths (`files.resolve(key)`), default: the standard lookup; `load(net, path)`
-    reads a file into the network (default: a plain state dict with the network's own key names)."""
+    `files` finds the weight file (default: `WeightFiles()`, the standard lookup); `load(net, path)` reads it into
+    the network (default: a plain state dict with the network's own key names). `skip_init`: build the network
+    uninitialised, for loaders that fill every tensor from the file (saves the random init of a large network)."""
     if random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same random network every time (tests, --tiny demos)
             net = make()
     else:
-        from cldm.hub import resolve
-
-        path = files.resolve(hub_key) if files is not None else resolve(hub_key)
-        net = load(make(), path)
+        path = (files or WeightFiles()).resolve(weight_key)
+        if skip_init:
+            with torch.device("meta"):
+                net = make()
+            net = net.to_empty(device="cpu")
+        else:
+            net = make()
+        net = load(net, path)
     return net.float().eval().to(device)

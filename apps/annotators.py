@@ -1,5 +1,5 @@
-"""The annotator-only page (section a.2): every detector with its parameters, maps shown as made
-(not inverted) at the resized input's size."""
+"""The annotator-only page (the original's gradio_annotator.py): every detector with its parameters, maps
+shown as made (not inverted) at the resized input's size."""
 from apps.spec import AnnotatorSection, detector_params, resolution
 
 SECTIONS = (

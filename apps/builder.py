@@ -1,9 +1,9 @@
-"""The shared Gradio builder: the layout of section a.0 in Gradio 6, the annotator page, and the
+"""The shared Gradio builder: the original apps' page layout in Gradio 6, the annotator page, and the
 server-side checks of everything a page (or an API caller) sends.
 
-One `Blocks` serves one app or all of them as tabs (`build_demo`); every app gets a named API
-endpoint (`/canny`, `/mlsd`, …, `/annotate_<section>` on the annotator page) and `/status` reports
-the model manager's state (what was loaded how often).
+One `Blocks` serves one page or several as tabs (`build_demo`); every app gets a named API endpoint
+(`/canny`, `/mlsd`, …, `/annotate_<section>` on the annotator page) and `/status` reports the shared
+model's state (what was loaded how often).
 """
 from __future__ import annotations
 
@@ -19,15 +19,13 @@ import numpy as np
 import torch
 
 from annotator.registry import REGISTRY, Param
-from annotator.util import AnnotatorInputError, check_image, resize_image
-from annotator.weights import WeightFileError
+from annotator.util import check_image, resize_image
+from apps.backend import Backend
 from apps.components import CheckedImage, Dropdown, Number, Slider, user_error
-from apps.spec import A_PROMPT, N_PROMPT, SEED, AnnotatorSection, AppResult, AppSpec, InvalidInput, check_param, run_app, validate
-from cldm.checkpoint import CheckpointError
+from apps.controls import A_PROMPT, N_PROMPT, SEED, check_param
+from apps.errors import USER_ERRORS, InvalidInput
+from apps.spec import AnnotatorSection, AppResult, AppSpec, run_app, validate
 from cldm.ddim import SamplingCancelled
-from cldm.hub import WeightsUnavailable
-from cldm.loader import ModelManager
-from cldm.pipeline import GenerationInputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,7 +36,6 @@ CSS = """
 #tiny-banner p { color: white; font-weight: 700; margin: 0; }
 """
 MAX_UPLOAD = "50mb"
-USER_ERRORS = (InvalidInput, GenerationInputError, AnnotatorInputError, CheckpointError, WeightsUnavailable, WeightFileError)
 
 
 # ---- input components ---------------------------------------------------------------------------------------
@@ -118,7 +115,7 @@ def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
     return sketch
 
 
-def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T], extra_errors: tuple = ()) -> T:
+def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T]) -> T:
     """`work(on_step, on_status)` under the session's Stop button and the page's progress bar; what goes wrong
     becomes a gr.Error (the user's mistakes with their message, anything else logged) and the server keeps serving."""
     try:
@@ -129,7 +126,7 @@ def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., 
                 return not stopped.is_set()
 
             return work(on_step, lambda text: progress(None, desc=text))
-    except (*USER_ERRORS, *extra_errors) as err:
+    except USER_ERRORS as err:
         raise user_error(err) from None
     except SamplingCancelled as err:
         raise gr.Error(f"Stopped ({err}).", title="Stopped") from None
@@ -139,8 +136,8 @@ def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., 
         raise unexpected_error(err) from None
 
 
-def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
-    """One generation app (section a.0) inside the current Blocks/Tab context."""
+def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
+    """One generation app (the original apps' layout) inside the current Blocks/Tab context."""
     name = spec.name
     token = gr.State(CancelToken())
     with gr.Row():
@@ -177,7 +174,7 @@ def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
         def work(on_step, on_status) -> AppResult:
             request = validate(spec, values, prompt_value, a_value, n_value, weights_value)
             on_status("Detecting the control map")
-            return run_app(spec, manager, image_value, request, on_step=on_step, on_status=on_status)
+            return run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status)
 
         result = guarded_run(cancel, progress, work)
         gallery_items = [(result.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
@@ -193,8 +190,8 @@ def build_app(spec: AppSpec, manager: ModelManager, status_line) -> None:
 # ---- annotator page -------------------------------------------------------------------------------------------
 
 
-def build_annotator_page(sections: Sequence, manager: ModelManager) -> None:
-    """Section a.2: one block per detector group: upload, its parameters, a resolution, Run, a gallery."""
+def build_annotator_page(sections: Sequence, backend: Backend) -> None:
+    """The annotator page: one block per detector group: upload, its parameters, a resolution, Run, a gallery."""
     gr.Markdown("## Annotators")
     for section in sections:
         with gr.Row():
@@ -208,11 +205,11 @@ def build_annotator_page(sections: Sequence, manager: ModelManager) -> None:
             with gr.Column():
                 gallery = gr.Gallery(label="Generated images", show_label=False, height="auto", format="png",
                                      elem_id=f"annotate-{section.name}-gallery")
-        run.click(_annotate_fn(section, manager), [image, *controls], gallery, api_name=f"annotate_{section.name}",
+        run.click(_annotate_fn(section, backend), [image, *controls], gallery, api_name=f"annotate_{section.name}",
                   concurrency_id="annotate")
 
 
-def _annotate_fn(section, manager: ModelManager):
+def _annotate_fn(section, backend: Backend):
     def annotate(image_value, *values):
         try:
             if image_value is None:
@@ -224,7 +221,7 @@ def _annotate_fn(section, manager: ModelManager):
                 accepted = {p.name for p in REGISTRY[detector].params}
                 params = {**{k: v for k, v in section.fixed.items() if k in accepted},
                           **{k: v for k, v in checked.items() if k in accepted}}
-                maps.append(manager.annotator(detector)(image, **params))
+                maps.append(backend.detector(detector)(image, **params))
             return maps
         except USER_ERRORS as err:
             raise user_error(err) from None
@@ -237,8 +234,8 @@ def _annotate_fn(section, manager: ModelManager):
 # ---- the page ---------------------------------------------------------------------------------------------------
 
 
-def status_text(manager: ModelManager) -> str:
-    s = manager.status()
+def status_text(backend: Backend) -> str:
+    s = backend.model.status()
     reads = ", ".join(f"{k} ×{n}" for k, n in s["control_loads"].items()) or "none yet"
     return (f"Model: base loads: {s['base_loads']} · active ControlNet: {s['active_control'] or 'none'} · "
             f"ControlNet file reads: {reads} · device {s['device']} ({s['dtype']})")
@@ -246,41 +243,41 @@ def status_text(manager: ModelManager) -> str:
 
 @dataclass(frozen=True)
 class Page:
-    """A tab other than a generation app (the annotator page, the multi-condition page)."""
+    """One page (a tab of `--app all`): its name, tab title and how it lays itself out inside the tab."""
 
     name: str
     title: str
-    build: Callable[[ModelManager, Callable[[], str]], None]  # (manager, status_line), inside the tab
+    build: Callable[[Backend, Callable[[], str]], None]  # (backend, status_line), inside the tab
+
+
+def app_page(spec: AppSpec) -> Page:
+    return Page(spec.name, spec.title.removesuffix(" Maps"), lambda backend, status_line: build_app(spec, backend, status_line))
 
 
 def annotator_page(sections: Sequence[AnnotatorSection]) -> Page:
-    return Page("annotators", "Annotators", lambda manager, status_line: build_annotator_page(sections, manager))
+    return Page("annotators", "Annotators", lambda backend, status_line: build_annotator_page(sections, backend))
 
 
-def build_demo(apps: Sequence[AppSpec], manager: ModelManager, pages: Sequence[Page] = (),
-               title: str = "ControlNet demo suite") -> gr.Blocks:
-    """One app or page alone, or several as tabs: the generation apps first, then `pages`."""
+def build_demo(pages: Sequence[Page], backend: Backend, title: str = "ControlNet demo suite") -> gr.Blocks:
+    """One page alone, or several as tabs."""
 
     def status_line() -> str:
-        return status_text(manager)
+        return status_text(backend)
 
     with gr.Blocks(title=title) as demo:
-        if manager.tiny:
+        if backend.tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
-        if len(apps) + len(pages) == 1:
-            build_app(apps[0], manager, status_line) if apps else pages[0].build(manager, status_line)
+        if len(pages) == 1:
+            pages[0].build(backend, status_line)
         else:
             with gr.Tabs():
-                for spec in apps:
-                    with gr.Tab(spec.title.removesuffix(" Maps"), id=spec.name, elem_id=f"tab-{spec.name}"):
-                        build_app(spec, manager, status_line)
                 for page in pages:
                     with gr.Tab(page.title, id=page.name, elem_id=f"tab-{page.name}"):
-                        page.build(manager, status_line)
+                        page.build(backend, status_line)
 
         def status() -> dict:
-            """The model manager's state: base loads, ControlNet reads per file, the active weights."""
-            return manager.status()
+            """The shared model's state: base loads, ControlNet reads per file, the active weights."""
+            return backend.model.status()
 
         gr.api(status, api_name="status")
     return demo

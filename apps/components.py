@@ -12,7 +12,8 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from apps.spec import InvalidInput, read_image
+from apps.errors import InvalidInput
+from apps.images import read_image
 
 
 def user_error(err: Exception) -> gr.Error:
@@ -20,7 +21,7 @@ def user_error(err: Exception) -> gr.Error:
 
 
 class CheckedImage(gr.Image):
-    """An upload read with `apps.spec.read_image`: refused with a clear message when it is not a readable
+    """An upload read with `apps.images.read_image`: refused with a clear message when it is not a readable
     8-bit image of an accepted size (checked from the header, before the pixels are decoded)."""
 
     is_template = True  # rendered by the frontend's Image component
@@ -36,37 +37,29 @@ class CheckedImage(gr.Image):
             raise user_error(err) from None
 
 
-def labelled(component: gr.components.Component, preprocess, payload: Any) -> Any:
+class Labelled:
     """Gradio's own range and choice checks (they run before the app's), with the control's label in the message."""
-    try:
-        return preprocess(payload)
-    except gr.Error as err:
-        raise gr.Error(f"{component.label}: {err.message}", title="Cannot run") from None
 
-
-class Slider(gr.Slider):
-    is_template = True
+    is_template = True  # rendered by the frontend's component of the Gradio base class
 
     def preprocess(self, payload: Any) -> Any:
-        return labelled(self, super().preprocess, payload)
+        try:
+            return super().preprocess(payload)
+        except gr.Error as err:
+            raise gr.Error(f"{self.label}: {err.message}", title="Cannot run") from None
 
 
-class Number(gr.Number):
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return labelled(self, super().preprocess, payload)
+class Slider(Labelled, gr.Slider):
+    pass
 
 
-class Dropdown(gr.Dropdown):
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return labelled(self, super().preprocess, payload)
+class Number(Labelled, gr.Number):
+    pass
 
 
-class Radio(gr.Radio):
-    is_template = True
+class Dropdown(Labelled, gr.Dropdown):
+    pass
 
-    def preprocess(self, payload: Any) -> Any:
-        return labelled(self, super().preprocess, payload)
+
+class Radio(Labelled, gr.Radio):
+    pass

@@ -1,52 +1,29 @@
-"""What an app is, without any UI: its declaration (`AppSpec`), the common generation controls,
-server-side validation of every value, and the one function that turns an input image into
-(display map, samples, seed). The Gradio pages (`apps/builder.py`) and the headless CLI
-(`launch.py generate`) both run apps through `run_app`.
+"""What an app is, without any UI: its declaration (`AppSpec`), server-side validation of every value of a
+request, and the one function that turns an input image into (display map, samples, seed). The Gradio pages
+(`apps/builder.py`) and the headless CLI (`launch.py generate`) both run apps through `run_app`; the
+multi-condition page (`apps/multi_request.py`) makes its maps with `control_map` and its generation settings
+with `generation_params`, as the single apps do.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
-import PIL.ImageOps
 
 from annotator.registry import REGISTRY, Param
-from annotator.scribble import scribble_from_canvas
-from annotator.util import MAX_SIDE, AnnotatorInputError, check_image, resize_image
-from cldm.hub import WEIGHTS
-from cldm.pipeline import DEFAULT_A_PROMPT, DEFAULT_N_PROMPT, MAX_SEED, GenerationParams, generate
-
-MAX_PROMPT_CHARS = 1000
-ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
-REFUSED_MODES = ("I", "F")  # 32-bit integer and float pixels (16-bit PNGs open as I;16…)
-
-# The common controls of section a.0, in the order of the "Advanced options" accordion
-# (the app's own controls go between GUESS_MODE and STEPS).
-NUM_SAMPLES = Param("num_samples", "Images", 1, 1, 12, 1)
-IMAGE_RESOLUTION = Param("image_resolution", "Image Resolution", 512, 256, 768, 64)
-STRENGTH = Param("strength", "Control Strength", 1.0, 0.0, 2.0, 0.01)
-GUESS_MODE = Param("guess_mode", "Guess Mode", False)
-STEPS = Param("ddim_steps", "Steps", 20, 1, 100, 1)
-SCALE = Param("scale", "Guidance Scale", 9.0, 0.1, 30.0, 0.1)
-SEED = Param("seed", "Seed", -1, -1, MAX_SEED, 1)
-# The original's eta is an unbounded number box; above 1 the DDIM variance exceeds 1 - ᾱ_prev (NaNs).
-ETA = Param("eta", "eta (DDIM)", 0.0, 0.0, 1.0, None)
-A_PROMPT = DEFAULT_A_PROMPT
-N_PROMPT = DEFAULT_N_PROMPT
-BEFORE_EXTRAS = (NUM_SAMPLES, IMAGE_RESOLUTION, STRENGTH, GUESS_MODE)
-AFTER_EXTRAS = (STEPS, SCALE, SEED, ETA)
-
-
-class InvalidInput(ValueError):
-    """A value a user (or an API caller) sent that cannot be used; the message says which and why."""
+from annotator.util import AnnotatorInputError, resize_image
+from apps.backend import Backend
+from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, check_param, check_text
+from apps.errors import InvalidInput
+from apps.images import input_image
+from cldm.pipeline import GenerationParams, generate
+from weights.table import WEIGHTS
 
 
 def detect_resolution(label: str, default: int = 512) -> Param:
-    """The per-app annotator-resolution slider (section a.1: 128–1024, step 1)."""
+    """The per-app annotator-resolution slider (128–1024, step 1, as the original apps)."""
     return Param("detect_resolution", label, default, 128, 1024, 1)
 
 
@@ -75,7 +52,7 @@ class AppSpec:
 
     `params`: the detector parameters the app shows (from the registry); `detect_resolution`: the
     annotator-resolution slider, or None when the detector runs on the image-resolution image;
-    `weights`: `cldm.hub` keys of the ControlNet weights offered, default first;
+    `weights`: `weights.WEIGHTS` keys of the ControlNet weights offered, default first;
     `display`: the first gallery item made from the map; `to_control`: the map fed to the network.
     """
 
@@ -117,7 +94,7 @@ class AnnotatorSection:
 
 
 def resolution(default: int = 512) -> Param:
-    """The annotator page's resolution slider (section a.2: 256–1024, step 64)."""
+    """The annotator page's resolution slider (256–1024, step 64, as the original page)."""
     return Param("resolution", "resolution", default, 256, 1024, 64)
 
 
@@ -131,35 +108,6 @@ class Request:
     a_prompt: str
     n_prompt: str
     weights: str
-
-
-def check_param(param: Param, value: Any) -> Any:
-    """`value` typed and range-checked for `param`; InvalidInput names the control and the range."""
-    if value is None:
-        raise InvalidInput(f"{param.label}: a value is required")
-    if isinstance(value, str):  # API callers may send "20"
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise InvalidInput(f"{param.label}: expected a number, got {value!r}") from None
-    try:
-        value = param.coerce(value)
-    except AnnotatorInputError as err:
-        raise InvalidInput(str(err)) from None
-    if param.kind is int and param.step not in (None, 1) and param.minimum is not None:
-        if (value - param.minimum) % param.step:
-            raise InvalidInput(f"{param.label}: {value} is not one of {param.minimum}, {param.minimum + param.step}, … (step {param.step})")
-    return value
-
-
-def check_text(label: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{label}: expected text, got {type(value).__name__}")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"{label}: {len(value)} characters is too long (at most {MAX_PROMPT_CHARS})")
-    return value
 
 
 def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: Any, n_prompt: Any,
@@ -180,51 +128,25 @@ def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: An
     )
 
 
-def read_image(path: str | Path, name: str | None = None) -> np.ndarray:
-    """An image file as H×W×3 (or ×4 with alpha) uint8, EXIF rotation applied; InvalidInput when it is not a
-    readable 8-bit image or is larger than MAX_SIDE per side (checked from the header, before decoding)."""
-    name = name or Path(path).name
+def generation_params(values: Mapping[str, Any], prompt: str, a_prompt: str, n_prompt: str) -> GenerationParams:
+    """The generation settings of a checked request (the common controls by name)."""
+    return GenerationParams(
+        prompt=prompt, a_prompt=a_prompt, n_prompt=n_prompt,
+        num_samples=values["num_samples"], image_resolution=values["image_resolution"], steps=values["ddim_steps"],
+        guess_mode=values.get("guess_mode", False), strength=values.get("strength", 1.0),
+        scale=values["scale"], seed=values["seed"], eta=values["eta"],
+    )
+
+
+def control_map(spec: AppSpec, backend: Backend, image: np.ndarray, image_resolution: int,
+                detect_resolution: int | None, detector_values: Mapping[str, Any]) -> np.ndarray:
+    """The detected map at H×W = resize_image(image, image_resolution) (the output size): the detector runs on
+    resize_image(image, detect_resolution), or on the H×W image when the app has no detect resolution."""
     try:
-        with PIL.Image.open(path) as im:
-            width, height = im.size
-            if max(width, height) > MAX_SIDE:
-                raise InvalidInput(f"{name} is {width}×{height} px; at most {MAX_SIDE} px per side is accepted. Resize it first.")
-            if im.mode.startswith(REFUSED_MODES):
-                raise InvalidInput(f"{name} has {im.mode} pixels (16/32-bit or floating point); only 8-bit images are "
-                                   "accepted. Save it as an 8-bit PNG or JPEG.")
-            im = PIL.ImageOps.exif_transpose(im)
-            alpha = im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)
-            return np.array(im.convert("RGBA" if alpha else "RGB"))
-    except InvalidInput:
-        raise
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as err:
-        raise InvalidInput(f"Could not read {name} as an image: the file is corrupt, truncated or not an image "
-                           f"({type(err).__name__}). Use a PNG, JPEG or WebP file.") from None
-
-
-def input_image(spec: AppSpec, image: Any) -> np.ndarray:
-    """The app's input as H×W×3 uint8: an upload, or the stroke map drawn on the canvas."""
-    if image is None:
-        raise InvalidInput("No input image: upload an image first." if not spec.canvas
-                           else "No drawing: open the canvas and draw something first.")
-    try:
-        if spec.canvas:
-            # The canvas gives white strokes on black; the scribble detector wants dark strokes on paper.
-            return 255 - scribble_from_canvas(image)
-        return check_image(image)
-    except AnnotatorInputError as err:
-        raise InvalidInput(f"Input image: {err}") from None
-
-
-def control_map(spec: AppSpec, manager, image: np.ndarray, request: Request) -> np.ndarray:
-    """Section a.1: H×W from resize_image(image, image_resolution); the detector runs on
-    resize_image(image, detect_resolution) (or on the H×W image) and its map is resized to H×W."""
-    values = request.values
-    try:
-        target = resize_image(image, values["image_resolution"])
-        source = target if spec.detect_resolution is None else resize_image(image, values["detect_resolution"])
-        detector = manager.annotator(spec.annotator)
-        return detector.control_map(source, target.shape[:2], **request.detector_values)
+        target = resize_image(image, image_resolution)
+        source = target if spec.detect_resolution is None else resize_image(image, detect_resolution)
+        detector = backend.detector(spec.annotator)
+        return detector.control_map(source, target.shape[:2], **detector_values)
     except AnnotatorInputError as err:
         raise InvalidInput(f"Input image: {err}") from None
 
@@ -236,28 +158,24 @@ class AppResult:
     seed: int
 
 
-def run_app(spec: AppSpec, manager, image: Any, request: Request,
+def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
             on_step: Callable[[int, int], bool | None] | None = None,
             on_status: Callable[[str], None] | None = None) -> AppResult:
     """Detect, then generate: the one path shared by the pages and the CLI.
 
-    `on_step(done, total)` is called after every DDIM step; returning False cancels
+    `on_step(done, total)` is called after every sampling step; returning False cancels
     (`cldm.ddim.SamplingCancelled` is raised). `on_status(text)` reports the phase.
     """
     status = on_status or (lambda text: None)
-    image = input_image(spec, image)
+    image = input_image(image, canvas=spec.canvas is not None)
     status("Detecting the control map")
-    detected = control_map(spec, manager, image, request)
-    status("Loading the model")
     values = request.values
-    params = GenerationParams(
-        prompt=request.prompt, a_prompt=request.a_prompt, n_prompt=request.n_prompt,
-        num_samples=values["num_samples"], image_resolution=values["image_resolution"],
-        steps=values["ddim_steps"], guess_mode=values["guess_mode"], strength=values["strength"],
-        scale=values["scale"], seed=values["seed"], eta=values["eta"],
-    )
+    detected = control_map(spec, backend, image, values["image_resolution"], values.get("detect_resolution"),
+                           request.detector_values)
+    status("Loading the model")
+    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt)
     callback = None if on_step is None else (lambda i, total, x, x0: on_step(i + 1, total))
-    with manager.activate(request.weights) as model:
+    with backend.model.activate(request.weights) as model:
         status("Sampling")
         result = generate(model, np.ascontiguousarray(spec.to_control(detected)), params, callback)
     return AppResult(display_map=spec.display(detected), samples=result.images, seed=result.seed)

@@ -1,17 +1,17 @@
-"""Several ControlNets resident at once, for the multi-condition app, next to the shared model manager.
+"""Several ControlNets resident at once, for the multi-condition page, next to the shared model.
 
-    bank = ControlBank(manager)                               # manager: cldm.loader.ModelManager
+    bank = ControlBank(shared)                                # shared: cldm.shared_model.SharedModel
     with bank.hold(["cn10_canny", "cn10_depth"]) as (model, nets):
         units = [ControlUnit(nets["cn10_canny"], canny_map), ControlUnit(nets["cn10_depth"], depth_map)]
         generate_multi(model, units, params, mode)
 
-Weights are read only through the manager (`manager.activate(key)`): its file reading, its LRU cache of
+Weights are read only through the shared model (`shared.activate(key)`): its file reading, its LRU cache of
 control state dicts, its load counters and, in tiny mode, its random ControlNets seeded by the key. The bank
 copies them into ControlNets of its own, each built from the base config's ControlNet config.
 
 Memory stays bounded:
 * a request uses at most `MAX_UNITS` (3) distinct weights;
-* the last of them is served by the base model's own ControlNet (what `manager.activate` swaps in), so the
+* the last of them is served by the base model's own ControlNet (what `shared.activate` swaps in), so the
   bank needs at most `MAX_UNITS - 1` ControlNets of its own for one request;
 * the bank keeps at most `capacity` of them (default `MAX_UNITS - 1`), dropping the least recently used
   (its module is reused for the next weights, so no new memory is taken);
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cldm.controlnet import ControlNet
-from cldm.hub import WEIGHTS
+from weights.table import WEIGHTS
 
 MAX_UNITS = 3
 
@@ -38,10 +38,10 @@ class ControlBankError(ValueError):
 
 
 class ControlBank:
-    def __init__(self, manager, capacity: int = MAX_UNITS - 1):
+    def __init__(self, shared, capacity: int = MAX_UNITS - 1):
         if capacity < MAX_UNITS - 1:
             raise ValueError(f"capacity must be at least {MAX_UNITS - 1} (a request of {MAX_UNITS} weights needs that many)")
-        self.manager = manager
+        self.shared = shared
         self.capacity = capacity
         self.copies = 0  # times weights were copied into one of the bank's ControlNets (bank misses)
         self._nets: OrderedDict[str, nn.Module] = OrderedDict()
@@ -49,7 +49,7 @@ class ControlBank:
 
     @contextmanager
     def hold(self, keys: Sequence[str]) -> Iterator[tuple[nn.Module, dict[str, nn.Module]]]:
-        """The base model (held exclusively, as `manager.activate` does) and one ControlNet per distinct key."""
+        """The base model (held exclusively, as `shared.activate` does) and one ControlNet per distinct key."""
         distinct = list(dict.fromkeys(keys))
         if not distinct:
             raise ControlBankError("at least one ControlNet is needed")
@@ -60,10 +60,10 @@ class ControlBank:
             raise ControlBankError(f"unknown ControlNet weights {unknown}")
         with self._lock:
             # The weights already in the base model need no copy: serve them from there if asked for.
-            own = self.manager.active if self.manager.active in distinct else distinct[-1]
+            own = self.shared.active if self.shared.active in distinct else distinct[-1]
             others = [k for k in distinct if k != own]
             nets = {key: self._net(key) for key in others}
-            with self.manager.activate(own) as model:
+            with self.shared.activate(own) as model:
                 device = model.device
                 for net in nets.values():
                     net.to(device)
@@ -71,17 +71,17 @@ class ControlBank:
                 try:
                     yield model, nets
                 finally:
-                    if self.manager.low_memory:
+                    if self.shared.low_memory:
                         for key in others:
                             nets[key].to("cpu")
 
     def _net(self, key: str) -> nn.Module:
-        """The bank's ControlNet holding `key` (copied from the manager on a miss; LRU order updated)."""
+        """The bank's ControlNet holding `key` (copied from the shared model on a miss; LRU order updated)."""
         net = self._nets.get(key)
         if net is not None:
             self._nets.move_to_end(key)
             return net
-        with self.manager.activate(key) as model:
+        with self.shared.activate(key) as model:
             if len(self._nets) >= self.capacity:
                 _, net = self._nets.popitem(last=False)  # reuse the least recently used module
             else:

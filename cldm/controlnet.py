@@ -1,16 +1,13 @@
 """ControlNet: the trainable copy of the UNet encoder plus hint encoder and zero convolutions."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
+from cldm.config import ControlNetConfig
 from ldm.attention import zero_module
 from ldm.unet import TimestepEmbedSequential, embed_time, input_blocks, middle_block, time_embed
 
-if TYPE_CHECKING:
-    from cldm.config import ControlNetConfig
 
 # Channel widths of the eight 3x3 convs of input_hint_block (fixed in the original, whatever the UNet size).
 HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)

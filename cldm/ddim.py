@@ -60,12 +60,8 @@ def ddim_coefficients(timesteps: Tensor, alphas_cumprod: Tensor, eta: float) -> 
 
 
 def model_alphas_cumprod(model: Any) -> Tensor:
-    """ᾱ in float64 from a ControlLDM's config: its buffers may have been cast to fp16/bf16 with the model.
-
-    Raises ValueError for models that do not predict ε (this sampler's only parameterisation)."""
+    """ᾱ in float64 from a ControlLDM's config: its buffers may have been cast to fp16/bf16 with the model."""
     c = model.config
-    if c.parameterization != "eps":
-        raise ValueError(f"DDIM here supports eps-prediction models only, not {c.parameterization!r}")
     return torch.cumprod(1 - linear_betas(c.linear_start, c.linear_end, c.timesteps), 0)
 
 

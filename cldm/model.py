@@ -16,16 +16,21 @@ import torch
 from torch import Tensor, nn
 
 from cldm.checkpoint import CheckpointError, PathLike, load_state_dict
-from cldm.config import build_model, load_config
+from cldm.config import ControlLDMConfig, load_config
+from cldm.control_ldm import CONTROL_PREFIX, UNET_PREFIX, ControlLDM
 from ldm.schedule import linear_schedule
 
-__all__ = ["CheckpointError", "create_model", "load_state_dict", "load_full_checkpoint", "load_base", "load_control"]
+__all__ = ["CheckpointError", "build_model", "create_model", "load_state_dict", "load_full_checkpoint", "load_base",
+           "load_control"]
 
-CONTROL = "control_model."
-UNET = "model.diffusion_model."
 EMA = "model_ema."
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 EXAMPLES = 3
+
+
+def build_model(config: ControlLDMConfig) -> ControlLDM:
+    """A ControlLDM with fresh weights (build under `torch.device('meta')` to skip allocation)."""
+    return ControlLDM(config)
 
 
 def create_model(yaml_path: PathLike, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None,
@@ -67,7 +72,7 @@ def load_base(model: nn.Module, path: PathLike, use_ema: bool = False) -> None:
     source = load_state_dict(path)
     if use_ema:
         source = _with_ema_unet(path, source)
-    _load(model, path, source, _part(model, lambda k: not k.startswith(CONTROL)), ignored=(CONTROL, EMA))
+    _load(model, path, source, _part(model, lambda k: not k.startswith(CONTROL_PREFIX)), ignored=(CONTROL_PREFIX, EMA))
 
 
 def load_control(model: nn.Module, path: PathLike) -> None:
@@ -76,12 +81,12 @@ def load_control(model: nn.Module, path: PathLike) -> None:
     Files whose keys lack the `control_model.` prefix (bare ControlNet state dicts) are accepted too.
     """
     source = load_state_dict(path)
-    if not any(k.startswith(CONTROL) for k in source) and "input_hint_block.0.weight" in source:
-        source = {CONTROL + k: v for k, v in source.items()}
-    if not any(k.startswith(CONTROL) for k in source):
-        raise CheckpointError(path, f"holds no ControlNet weights ({CONTROL}* keys){_family_hint(source)}")
-    source = {k: v for k, v in source.items() if k.startswith(CONTROL)}
-    _load(model, path, source, _part(model, lambda k: k.startswith(CONTROL)), ignored=())
+    if not any(k.startswith(CONTROL_PREFIX) for k in source) and "input_hint_block.0.weight" in source:
+        source = {CONTROL_PREFIX + k: v for k, v in source.items()}
+    if not any(k.startswith(CONTROL_PREFIX) for k in source):
+        raise CheckpointError(path, f"holds no ControlNet weights ({CONTROL_PREFIX}* keys){_family_hint(source)}")
+    source = {k: v for k, v in source.items() if k.startswith(CONTROL_PREFIX)}
+    _load(model, path, source, _part(model, lambda k: k.startswith(CONTROL_PREFIX)), ignored=())
 
 
 def _part(model: nn.Module, keep) -> dict[str, Tensor]:
@@ -93,7 +98,7 @@ def _optional(key: str) -> bool:
 
 
 def _with_ema_unet(path: PathLike, source: dict[str, Tensor]) -> dict[str, Tensor]:
-    unet = [k for k in source if k.startswith(UNET)]
+    unet = [k for k in source if k.startswith(UNET_PREFIX)]
     ema = {k: EMA + k[len("model."):].replace(".", "") for k in unet}
     absent = [e for e in ema.values() if e not in source]
     if not unet or absent:

@@ -1,9 +1,9 @@
 """Text + control map(s) → images: the one generation path of the apps, the CLI and the multi-condition app.
 
-Follows the original apps' `process` (reference a.0): text = prompt + ", " + a_prompt, unconditional text =
-n_prompt, control map /255 repeated per sample, DDIM with classifier-free guidance, decode, x·127.5 + 127.5
-clipped to uint8. Seeds drive a CPU `torch.Generator` (x_T and eta noise), so a seed gives the same images on
-any device; seed −1 draws one in [0, 65535] like the original.
+Follows the original apps' `process`: text = prompt + ", " + a_prompt, unconditional text = n_prompt, control
+map /255 repeated per sample (the hint), DDIM with classifier-free guidance, decode, x·127.5 + 127.5 clipped to
+uint8. Seeds drive a CPU `torch.Generator` (x_T and eta noise), so a seed gives the same images on any device;
+seed −1 draws one in [0, 65535] like the original.
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cldm import limits
+from cldm.control import ControlledDenoiser, ControlMode, ControlUnit
 from cldm.ddim import StepCallback, guided_model_fn, initial_noise, make_ddim_timesteps, model_alphas_cumprod, sample_ddim
-from cldm.multi import ControlledDenoiser, ControlMode, ControlUnit
 
-MAX_SEED = 2147483647
-RANDOM_SEED_RANGE = 65535
 DEFAULT_A_PROMPT = "best quality, extremely detailed"
 DEFAULT_N_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                     "cropped, worst quality, low quality")
@@ -29,26 +28,26 @@ class GenerationInputError(ValueError):
     """An invalid generation parameter or control map; the message says which and why."""
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise GenerationInputError(f"{name} must be between {low} and {high}, got {value}")
+def _check_range(name: str, value: float, limit: limits.Limit) -> None:
+    if not limit.contains(value):
+        raise GenerationInputError(f"{name} must be between {limit.minimum} and {limit.maximum}, got {value}")
 
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """The apps' generation controls (reference a.0), validated on construction."""
+    """The apps' generation controls, validated on construction against `cldm.limits`."""
 
     prompt: str
     a_prompt: str = DEFAULT_A_PROMPT
     n_prompt: str = DEFAULT_N_PROMPT
-    num_samples: int = 1
-    image_resolution: int = 512
-    steps: int = 20
+    num_samples: int = limits.NUM_SAMPLES.default
+    image_resolution: int = limits.IMAGE_RESOLUTION.default
+    steps: int = limits.STEPS.default
     guess_mode: bool = False
-    strength: float = 1.0
-    scale: float = 9.0
-    seed: int = -1
-    eta: float = 0.0
+    strength: float = limits.STRENGTH.default
+    scale: float = limits.GUIDANCE_SCALE.default
+    seed: int = limits.SEED.default
+    eta: float = limits.ETA.default
 
     def __post_init__(self) -> None:
         for name in ("prompt", "a_prompt", "n_prompt"):
@@ -62,16 +61,13 @@ class GenerationParams:
                     raise GenerationInputError(f"{name} must be {what}, got {value!r}")
         if not isinstance(self.guess_mode, (bool, np.bool_)):
             raise GenerationInputError(f"guess_mode must be true or false, got {self.guess_mode!r}")
-        _check_range("num_samples", self.num_samples, 1, 12)
-        _check_range("image_resolution", self.image_resolution, 64, 2048)
-        _check_range("steps", self.steps, 1, 100)
-        _check_range("strength", self.strength, 0.0, 2.0)
-        _check_range("scale", self.scale, 0.1, 30.0)
-        _check_range("seed", self.seed, -1, MAX_SEED)
-        _check_range("eta", self.eta, 0.0, float("inf"))
+        for name, limit in (("num_samples", limits.NUM_SAMPLES), ("image_resolution", limits.IMAGE_RESOLUTION),
+                            ("steps", limits.STEPS), ("strength", limits.STRENGTH), ("scale", limits.GUIDANCE_SCALE),
+                            ("seed", limits.SEED), ("eta", limits.ETA)):
+            _check_range(name, getattr(self, name), limit)
 
     def resolved_seed(self) -> int:
-        return random.randint(0, RANDOM_SEED_RANGE) if self.seed == -1 else int(self.seed)
+        return random.randint(0, limits.RANDOM_SEED_RANGE) if self.seed == -1 else int(self.seed)
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ def generate(model: nn.Module, control_map: np.ndarray, params: GenerationParams
 
 def generate_multi(model: nn.Module, units: list[ControlUnit], params: GenerationParams, mode: ControlMode | str,
                    callback: Optional[StepCallback] = None) -> GenerationResult:
-    """Several ControlNets at once (see `cldm.multi`); each unit's strength replaces `params.strength`, `mode`
+    """Several ControlNets at once (see `cldm.control`); each unit's strength replaces `params.strength`, `mode`
     replaces `params.guess_mode`. `callback(i, total, x, x0)` returning False cancels (`SamplingCancelled`)."""
     if mode not in set(ControlMode):
         raise GenerationInputError(f"control mode must be one of {[m.value for m in ControlMode]}, got {mode!r}")
@@ -111,11 +107,11 @@ def generate_multi(model: nn.Module, units: list[ControlUnit], params: Generatio
     seed = params.resolved_seed()
     generator = torch.Generator().manual_seed(seed)
     n = params.num_samples
-    h, w = units[0].hint.shape[:2]
+    h, w = units[0].control_map.shape[:2]
 
     with torch.no_grad():
         model.low_vram_shift(is_diffusing=False)
-        cond = {"c_concat": [_hint_tensor(u.hint, n, device, dtype) for u in units],
+        cond = {"c_concat": [hint_tensor(u.control_map, n, device, dtype) for u in units],
                 "c_crossattn": [model.get_learned_conditioning([params.prompt + ", " + params.a_prompt] * n)]}
         uncond = None
         if params.scale != 1.0:
@@ -138,16 +134,15 @@ def _check_units(units: list[ControlUnit]) -> None:
     if not units:
         raise GenerationInputError("at least one control unit is needed")
     for k, unit in enumerate(units):
-        check_control_map(unit.hint, f"control map {k + 1}")
-        _check_range(f"strength of control {k + 1}", unit.strength, 0.0, 2.0)
+        check_control_map(unit.control_map, f"control map {k + 1}")
+        _check_range(f"strength of control {k + 1}", unit.strength, limits.STRENGTH)
         if not 0.0 <= unit.start < unit.end <= 1.0:
             raise GenerationInputError(f"control {k + 1}: need 0 <= start < end <= 1, got start {unit.start}, end {unit.end}")
-    if len({u.hint.shape for u in units}) > 1:
-        raise GenerationInputError(f"control maps differ in size: {[u.hint.shape[:2] for u in units]}")
+    if len({u.control_map.shape for u in units}) > 1:
+        raise GenerationInputError(f"control maps differ in size: {[u.control_map.shape[:2] for u in units]}")
 
 
-def _hint_tensor(control_map: np.ndarray, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+def hint_tensor(control_map: np.ndarray, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The ControlNet's input: the H×W×3 uint8 map as an N×3×H×W tensor in [0, 1], repeated per sample."""
     hint = torch.from_numpy(control_map.copy()).to(device=device, dtype=torch.float32) / 255.0
     return hint.permute(2, 0, 1).unsqueeze(0).repeat(n, 1, 1, 1).to(dtype)
-
-

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-CONTROL_PREFIX = "control_model."
+from cldm.control_ldm import CONTROL_PREFIX
+
 BASE_ONLY_PREFIXES = ("first_stage_model.", "cond_stage_model.")
 # Keys an SD checkpoint may lack without being a different architecture: the schedule buffers (recomputed
 # identically by every model) and the CLIP position ids (dropped by newer transformers releases).

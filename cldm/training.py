@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
+from cldm.control_ldm import CONTROL_PREFIX
 from cldm.ddim import DDIMSampler
-from cldm.tools import CONTROL_PREFIX, save_state_dict
+from cldm.tools import save_state_dict
 
 DECODER_PARTS = ("output_blocks", "out")
 

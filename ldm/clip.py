@@ -5,7 +5,6 @@ import functools
 import gzip
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import ftfy
 import regex
@@ -13,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from cldm.config import TextEncoderConfig
+from ldm.config import TextEncoderConfig
+
 
 BOS_ID, EOS_ID = 49406, 49407
 _SPLIT = regex.compile(

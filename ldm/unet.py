@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldm.attention import GroupNorm32, SpatialTransformer, maybe_checkpoint, zero_module
-
-if TYPE_CHECKING:
-    from cldm.config import UNetBackboneConfig, UNetConfig
+from ldm.config import UNetBackboneConfig, UNetConfig
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

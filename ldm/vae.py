@@ -1,17 +1,13 @@
 """AutoencoderKL of SD 1.5 (first stage): encoder with double_z, decoder, diagonal Gaussian posterior."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldm.attention import GroupNorm32
+from ldm.config import VAEConfig
 from ldm.unet import Upsample  # nearest x2 + 3x3 conv named `conv`, as in the UNet
-
-if TYPE_CHECKING:
-    from cldm.config import VAEConfig
 
 
 def _norm(channels: int) -> GroupNorm32:

@@ -15,7 +15,7 @@ from annotator.openpose.maps import PAD_VALUE, averaged_maps, pad_to_stride
 from annotator.openpose.network import BodyPoseNet, HandPoseNet, load_caffe_file
 from annotator.util import AnnotatorInputError
 from annotator.weights import WeightFileError
-from cldm.hub import WeightsUnavailable
+from weights.files import WeightsUnavailable
 from tests.annotator_nets import assert_official_layout, uninitialised
 
 NETS = {"body": BodyPoseNet, "hand": HandPoseNet}

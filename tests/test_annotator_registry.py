@@ -8,10 +8,11 @@ import pytest
 import annotator
 from annotator import registry
 from annotator.util import AnnotatorInputError
-from cldm.hub import WEIGHTS, WeightsUnavailable, resolve
+from weights.files import WeightFiles, WeightsUnavailable
+from weights.table import WEIGHTS
 
 EXPECTED = {
-    # name: map interpolation (section a.1 of the reference)
+    # name: map interpolation (how the original apps resize each map to the output size)
     "canny": "none",
     "mlsd": "nearest",
     "hed": "bilinear",
@@ -90,7 +91,7 @@ def test_missing_weights_name_the_file(tmp_path, monkeypatch, name, key, filenam
     monkeypatch.setenv("ANNOTATOR_CKPTS", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     try:
-        resolve(key)
+        WeightFiles().resolve(key)
         pytest.skip(f"{filename} is installed on this machine")
     except WeightsUnavailable:
         pass

@@ -12,8 +12,9 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from apps import ANNOTATOR_SECTIONS, APPS
-from apps.spec import A_PROMPT, MAX_PROMPT_CHARS, N_PROMPT
+from apps.annotators import SECTIONS as ANNOTATOR_SECTIONS
+from apps.controls import A_PROMPT, MAX_PROMPT_CHARS, N_PROMPT
+from apps.registry import APPS
 from tests.apps_server import bad_inputs, input_image_path, shared_client, start_server, synthetic_image, write_png
 
 RESOLUTION = 256
@@ -215,9 +216,10 @@ def test_stop_cancels_the_running_sampler_and_only_it():
 
     from apps.builder import CancelToken, guarded_run
     from apps.spec import run_app, validate
-    from cldm.loader import ModelManager
+    from apps.backend import Backend
+    from cldm.shared_model import SharedModel
 
-    manager, spec, token = ModelManager(tiny=True, device="cpu"), APPS["scribble"], CancelToken()
+    manager, spec, token = Backend(SharedModel(tiny=True, device="cpu")), APPS["scribble"], CancelToken()
     values = {p.name: p.default for p in spec.controls} | {"image_resolution": 256, "ddim_steps": 100}
     request = validate(spec, values, "x", "", "", None)
     image = synthetic_image(INPUT_H, INPUT_W)

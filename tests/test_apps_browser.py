@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from apps import ANNOTATOR_SECTIONS, APPS, PAGES
+from apps.annotators import SECTIONS as ANNOTATOR_SECTIONS
+from apps.pages import PAGES
+from apps.registry import APPS
 from apps.builder import TINY_BANNER
 from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server
 

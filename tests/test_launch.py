@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 
 import launch
-from apps import PAGES
+from apps.pages import PAGES
 from tests.apps_server import ROOT, bad_inputs, server_env, synthetic_image, write_png
 
 FAST = ["--tiny", "--steps", "1", "--image-resolution", "256", "--seed", "5"]

@@ -5,10 +5,11 @@ import pytest
 import torch
 import yaml
 
-from cldm.config import ConfigError, build_model, load_config, parse_config
+from cldm.config import ConfigError, load_config, parse_config
+from cldm.model import build_model
 from tests.tiny import KEYS_JSON, POSITION_IDS, TINY_YAML, V15_YAML, official_keys, random_model
 
-PARTS = {  # prefix -> parameter count from the reference (UNet 859.52 M, ControlNet 361.28 M, VAE 83.65 M, CLIP 123.06 M)
+PARTS = {  # prefix -> parameter count of the official checkpoint (UNet 859.52 M, ControlNet 361.28 M, VAE 83.65 M, CLIP 123.06 M)
     "model.diffusion_model.": 859_520_964,
     "control_model.": 361_279_120,
     "first_stage_model.": 83_653_863,

@@ -1,4 +1,4 @@
-"""The multi-condition page: the control bank (resident ControlNets, bounded, read through the manager), the
+"""The multi-condition page: the control bank (resident ControlNets, bounded, read through the shared model), the
 `/multi` endpoint over gradio_client (maps + samples; bad units refused with a message naming the unit and
 the value; the server keeps serving) and the page end to end in headless Chromium (`launch.py --app all
 --tiny`, screenshot in artifacts/screenshots/multi.png)."""
@@ -15,10 +15,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from playwright.sync_api import expect, sync_playwright
 
-from apps.multi import COMMON
-from apps.spec import A_PROMPT, N_PROMPT
+from apps.controls import A_PROMPT, N_PROMPT
+from apps.multi_request import COMMON
 from cldm.control_bank import MAX_UNITS, ControlBank, ControlBankError
-from cldm.loader import ModelManager
+from cldm.shared_model import SharedModel
 from tests.apps_server import (CHROMIUM_ARGS, SCREENSHOTS, input_image_path, require_browser, shared_server,
                                synthetic_image, write_png)
 from tests.test_apps_api import image_sizes
@@ -33,8 +33,8 @@ INPUT_H, INPUT_W = 256, 320  # at resolution 256 the output is 256×320
 
 
 @pytest.fixture(scope="module")
-def manager() -> ModelManager:
-    return ModelManager(tiny=True, device="cpu")
+def manager() -> SharedModel:
+    return SharedModel(tiny=True, device="cpu")
 
 
 def weights_of(net: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -155,7 +155,7 @@ def test_low_precision_eps(inputs, dtype, tol):
 @torch.no_grad()
 def test_two_units_compose(pair, inputs):
     """Two identical ControlNet units at strength s give the same eps as one unit at 2s."""
-    from cldm.cldm import scale_residuals, sum_residuals
+    from cldm.control import scale_residuals, sum_residuals
 
     model, _ = pair
     x, t, ctx, hint = inputs["x"], inputs["t"], inputs["context"], inputs["hint"]

@@ -1,5 +1,5 @@
 """generate(): equivalence with the original's process flow, seeding, callbacks, validation, dtypes;
-several ControlNets and the control modes (cldm.multi)."""
+several ControlNets and the control modes (cldm.control)."""
 import dataclasses
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cldm.ddim import DDIMSampler, SamplingCancelled, initial_noise
-from cldm.multi import ControlledDenoiser, ControlMode, ControlUnit, block_weights
+from cldm.control import ControlledDenoiser, ControlMode, ControlUnit, block_weights
 from cldm.pipeline import GenerationInputError, GenerationParams, generate, generate_multi
 from tests.tiny import random_model
 
@@ -30,7 +30,7 @@ def params(**overrides) -> GenerationParams:
 
 
 def original_process(model, control_map, p: GenerationParams) -> list[np.ndarray]:
-    """The original app's `process` (reference a.0) spelled out with the compatibility sampler."""
+    """The original app's `process` spelled out with the compatibility sampler."""
     n = p.num_samples
     control = torch.from_numpy(control_map.copy()).float() / 255.0
     control = control.permute(2, 0, 1)[None].repeat(n, 1, 1, 1)
@@ -238,4 +238,4 @@ def test_generate_multi_modes_on_unconditional_branch(model, control_map, second
     with pytest.raises(GenerationInputError, match="start < end"):
         generate_multi(model, [dataclasses.replace(units[0], start=0.5, end=0.5)], p, ControlMode.BALANCED)
     with pytest.raises(GenerationInputError, match="differ in size"):
-        generate_multi(model, [units[0], dataclasses.replace(units[1], hint=np.zeros((SIZE, 2 * SIZE, 3), np.uint8))], p, ControlMode.BALANCED)
+        generate_multi(model, [units[0], dataclasses.replace(units[1], control_map=np.zeros((SIZE, 2 * SIZE, 3), np.uint8))], p, ControlMode.BALANCED)

@@ -1,7 +1,8 @@
 """Zero convolutions at zero: ControlLDM's eps is exactly the plain UNet's, whatever the hint."""
 import torch
 
-from cldm.config import build_model, load_config
+from cldm.config import load_config
+from cldm.model import build_model
 from tests.tiny import TINY_YAML, random_model, zero_control_convs_
 
 

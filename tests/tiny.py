@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from cldm.cldm import ControlLDM
-from cldm.config import build_model, load_config
+from cldm.config import load_config
+from cldm.control_ldm import ControlLDM
+from cldm.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "models" / "cldm_tiny.yaml"

@@ -9,6 +9,7 @@ from annotator.hed.network import ControlNetHED
 from annotator.hed.postprocess import fake_scribble, nms
 from annotator.util import HWC3
 from annotator.weights import build_network
+from weights.files import WeightFiles
 
 __all__ = ["ControlNetHED", "HEDDetector", "FakeScribbleDetector", "nms", "fake_scribble", "fuse_sides"]
 
@@ -21,9 +22,9 @@ def fuse_sides(sides: list[np.ndarray], height: int, width: int) -> np.ndarray:
 
 
 class HEDDetector:
-    def __init__(self, device: str = "cpu", random_init: bool = False):
+    def __init__(self, device: str = "cpu", random_init: bool = False, files: WeightFiles | None = None):
         self.device = device
-        self.net = build_network(ControlNetHED, "hed", device, random_init)
+        self.net = build_network(ControlNetHED, "hed", device, random_init, files)
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -36,8 +37,8 @@ class HEDDetector:
 class FakeScribbleDetector:
     """HED, then (after the apps resized the map to the output size) nms + blur + threshold."""
 
-    def __init__(self, device: str = "cpu", random_init: bool = False):
-        self.prepare = HEDDetector(device, random_init)
+    def __init__(self, device: str = "cpu", random_init: bool = False, files: WeightFiles | None = None):
+        self.prepare = HEDDetector(device, random_init, files)
 
     @staticmethod
     def finish(hed_map: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from annotator.midas.network import DPTHybrid
 from annotator.midas.postprocess import depth_image, normal_image, normalized_depth
 from annotator.util import HWC3
 from annotator.weights import build_network
+from weights.files import WeightFiles
 
 __all__ = ["DPTHybrid", "MidasDepthDetector", "MidasNormalDetector", "predict_depth",
            "depth_image", "normal_image", "normalized_depth"]
@@ -24,11 +25,11 @@ MULTIPLE = 32  # the network needs sides divisible by 32
 _NETWORKS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def shared_network(device: str, random_init: bool) -> DPTHybrid:
-    key = (str(device), bool(random_init))
+def shared_network(device: str, random_init: bool, files: WeightFiles | None = None) -> DPTHybrid:
+    key = (str(device), bool(random_init), files)
     net = _NETWORKS.get(key)
     if net is None:
-        net = build_network(DPTHybrid, "midas", device, random_init)
+        net = build_network(DPTHybrid, "midas", device, random_init, files)
         _NETWORKS[key] = net
     return net
 
@@ -50,9 +51,9 @@ def predict_depth(net: DPTHybrid, image: np.ndarray, device: str = "cpu") -> np.
 
 
 class _MidasDetector:
-    def __init__(self, device: str = "cpu", random_init: bool = False):
+    def __init__(self, device: str = "cpu", random_init: bool = False, files: WeightFiles | None = None):
         self.device = device
-        self.net = shared_network(device, random_init)
+        self.net = shared_network(device, random_init, files)
 
 
 class MidasDepthDetector(_MidasDetector):

@@ -9,6 +9,7 @@ from annotator.mlsd.decode import decode_segments, draw_segments
 from annotator.mlsd.network import MobileV2MLSDLarge
 from annotator.util import HWC3
 from annotator.weights import build_network
+from weights.files import WeightFiles
 
 __all__ = ["MLSDDetector", "MobileV2MLSDLarge", "decode_segments", "draw_segments", "network_input"]
 
@@ -27,9 +28,9 @@ def network_input(image: np.ndarray) -> torch.Tensor:
 
 
 class MLSDDetector:
-    def __init__(self, device: str = "cpu", random_init: bool = False):
+    def __init__(self, device: str = "cpu", random_init: bool = False, files: WeightFiles | None = None):
         self.device = device
-        self.net = build_network(MobileV2MLSDLarge, "mlsd", device, random_init)
+        self.net = build_network(MobileV2MLSDLarge, "mlsd", device, random_init, files)
 
     @torch.inference_mode()
     def segments(self, image: np.ndarray, value_threshold: float = 0.1, distance_threshold: float = 0.1) -> np.ndarray:

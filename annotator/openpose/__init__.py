@@ -1,6 +1,6 @@
 """OpenPose (COCO-18 body, optional hands) drawn as the pose ControlNet's control map.
 
-    det = OpenposeDetector()                 # weights via cldm.hub ("openpose_body", "openpose_hand")
+    det = OpenposeDetector()                 # weights "openpose_body", "openpose_hand" (weights.WEIGHTS)
     pose_map = det(image)                    # H×W×3 uint8 RGB drawing
     pose_map, poses = det.detect(image, hand=True)   # plus the keypoints
 """
@@ -16,6 +16,7 @@ from annotator.openpose.draw import draw_body, draw_hands
 from annotator.openpose.hand import HAND_SCALES, hand_boxes, hand_keypoints, to_image_coordinates
 from annotator.openpose.maps import averaged_maps
 from annotator.openpose.network import BODY_PAF_CHANNELS, BodyPoseNet, HandPoseNet, build_pose_network
+from weights.files import WeightFiles
 
 __all__ = ["OpenposeDetector", "Poses", "BodyPoseNet", "HandPoseNet"]
 
@@ -33,23 +34,23 @@ class Poses:
 
 
 class OpenposeDetector:
-    def __init__(self, device: str = "cpu", random_init: bool = False):
-        self.device, self.random_init = device, random_init
-        self.body_net = build_pose_network(BodyPoseNet, "openpose_body", device, random_init)
+    def __init__(self, device: str = "cpu", random_init: bool = False, files: WeightFiles | None = None):
+        self.device, self.random_init, self.files = device, random_init, files
+        self.body_net = build_pose_network(BodyPoseNet, "openpose_body", device, random_init, files)
         self._hand_net = None  # loaded on first use: the pose app never draws hands
 
     @classmethod
     def from_networks(cls, body_net, hand_net, device: str = "cpu") -> "OpenposeDetector":
         """A detector around networks built elsewhere (custom weights, tests)."""
         detector = cls.__new__(cls)
-        detector.device, detector.random_init = device, False
+        detector.device, detector.random_init, detector.files = device, False, None
         detector.body_net, detector._hand_net = body_net, hand_net
         return detector
 
     @property
     def hand_net(self) -> HandPoseNet:
         if self._hand_net is None:
-            self._hand_net = build_pose_network(HandPoseNet, "openpose_hand", self.device, self.random_init)
+            self._hand_net = build_pose_network(HandPoseNet, "openpose_hand", self.device, self.random_init, self.files)
         return self._hand_net
 
     def _runner(self, net):

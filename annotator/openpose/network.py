@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from annotator.weights import WeightFileError, build_network, read_state_dict
+from weights.files import WeightFiles
 
 POOL = "pool"
 # VGG-19 front shared by both networks: (name, in, out, kernel) or POOL (2×2 max-pool, stride 2)
@@ -119,12 +120,6 @@ def load_caffe_file(net: nn.Module, path: str | Path) -> nn.Module:
     return net
 
 
-def build_pose_network(make, hub_key: str, device: str, random_init: bool) -> nn.Module:
+def build_pose_network(make, weight_key: str, device: str, random_init: bool, files: WeightFiles | None = None) -> nn.Module:
     """Like `annotator.weights.build_network`, for files with flat Caffe names."""
-    if random_init:
-        return build_network(make, hub_key, device, random_init=True)
-    from cldm.hub import resolve
-
-    with torch.device("meta"):  # every tensor comes from the file: skip the random init
-        net = make()
-    return load_caffe_file(net.to_empty(device="cpu"), resolve(hub_key)).float().eval().to(device)
+    return build_network(make, weight_key, device, random_init, files, load=load_caffe_file, skip_init=True)

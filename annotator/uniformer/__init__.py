@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from annotator.uniformer.network import UniFormerSegmentor, build_segmentor, read_mmcv_checkpoint
 from annotator.util import AnnotatorInputError
+from weights.files import WeightFiles
 
 __all__ = ["UniformerDetector", "UniFormerSegmentor", "read_mmcv_checkpoint", "PALETTE", "CLASSES",
            "prepare", "colorize"]
@@ -54,9 +55,10 @@ class UniformerDetector:
     """`scale` is mmseg's test resize box; the default (2048, 512) is the original's (cost: a
     512-px short side whatever the input size)."""
 
-    def __init__(self, device: str = "cpu", random_init: bool = False, scale: tuple[int, int] = SCALE):
+    def __init__(self, device: str = "cpu", random_init: bool = False, files: WeightFiles | None = None,
+                 scale: tuple[int, int] = SCALE):
         self.device, self.scale = device, scale
-        self.net = build_segmentor(device, random_init)
+        self.net = build_segmentor(device, random_init, files)
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> np.ndarray:

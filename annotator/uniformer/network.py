@@ -9,6 +9,7 @@ from torch import nn
 from annotator.uniformer.backbone import UniFormer
 from annotator.uniformer.heads import FCNHead, UPerHead
 from annotator.weights import WeightFileError, build_network
+from weights.files import WeightFiles
 
 
 class UniFormerSegmentor(nn.Module):
@@ -45,11 +46,5 @@ def load_mmcv_file(net: nn.Module, path: str | Path) -> nn.Module:
     return net
 
 
-def build_segmentor(device: str, random_init: bool) -> UniFormerSegmentor:
-    if random_init:
-        return build_network(UniFormerSegmentor, "uniformer", device, random_init=True)
-    from cldm.hub import resolve
-
-    with torch.device("meta"):  # every tensor comes from the file: skip the random init
-        net = UniFormerSegmentor()
-    return load_mmcv_file(net.to_empty(device="cpu"), resolve("uniformer")).float().eval().to(device)
+def build_segmentor(device: str, random_init: bool, files: WeightFiles | None = None) -> UniFormerSegmentor:
+    return build_network(UniFormerSegmentor, "uniformer", device, random_init, files, load=load_mmcv_file, skip_init=True)

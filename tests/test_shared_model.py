@@ -1,4 +1,4 @@
-"""cldm.loader.ModelManager: one base per process, control weights swapped in with an LRU cache, clear errors
+"""cldm.shared_model.SharedModel: one base per process, control weights swapped in with an LRU cache, clear errors
 for missing or broken files, the tiny random mode. Real-file paths use the tiny config with files written here."""
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from cldm.checkpoint import CheckpointError
-from cldm.hub import WEIGHTS, WeightsUnavailable
-from cldm.loader import TINY_CONFIG, ModelManager, pick_device, pick_dtype
+from cldm.shared_model import TINY_CONFIG, SharedModel, pick_device, pick_dtype
+from weights.files import WeightFiles, WeightsUnavailable
+from weights.table import WEIGHTS
 from cldm.model import create_model
 
 
@@ -21,7 +22,7 @@ def same(a: dict, b: dict) -> bool:
 
 
 def test_tiny_base_is_loaded_once_and_controls_are_swapped():
-    manager = ModelManager(tiny=True, device="cpu", cache_size=2)
+    manager = SharedModel(tiny=True, device="cpu", cache_size=2)
     with manager.activate("cn10_canny") as model:
         canny = control_weights(model)
     with manager.activate("cn10_hed") as model:
@@ -38,7 +39,7 @@ def test_tiny_base_is_loaded_once_and_controls_are_swapped():
 
 
 def test_lru_cache_evicts_the_least_recently_used():
-    manager = ModelManager(tiny=True, device="cpu", cache_size=2)
+    manager = SharedModel(tiny=True, device="cpu", cache_size=2)
     for key in ("cn10_canny", "cn10_hed", "cn10_canny", "cn10_seg"):  # cache: hed evicted, canny kept
         with manager.activate(key):
             pass
@@ -51,7 +52,7 @@ def test_lru_cache_evicts_the_least_recently_used():
 
 
 def test_same_key_twice_does_not_swap():
-    manager = ModelManager(tiny=True, device="cpu")
+    manager = SharedModel(tiny=True, device="cpu")
     for _ in range(3):
         with manager.activate("cn10_depth"):
             pass
@@ -60,7 +61,7 @@ def test_same_key_twice_does_not_swap():
 
 
 def test_low_memory_keeps_no_copies():
-    manager = ModelManager(tiny=True, device="cpu", low_memory=True)
+    manager = SharedModel(tiny=True, device="cpu", low_memory=True)
     for key in ("cn10_canny", "cn10_hed", "cn10_canny"):
         with manager.activate(key) as model:
             assert model.low_memory
@@ -71,14 +72,14 @@ def test_low_memory_keeps_no_copies():
 def test_tiny_mode_is_the_same_every_run():
     weights = []
     for _ in range(2):
-        with ModelManager(tiny=True, device="cpu").activate("cn10_mlsd") as model:
+        with SharedModel(tiny=True, device="cpu").activate("cn10_mlsd") as model:
             weights.append({k: v.clone() for k, v in model.state_dict().items()})
     assert same(*weights)
 
 
 def test_unknown_key_is_refused():
     with pytest.raises(KeyError, match="unknown weights"):
-        with ModelManager(tiny=True, device="cpu").activate("control_sd15_nothing"):
+        with SharedModel(tiny=True, device="cpu").activate("control_sd15_nothing"):
             pass
 
 
@@ -98,8 +99,8 @@ def weight_files(tmp_path):
     return tmp_path, state, other
 
 
-def real_manager(models_dir, **kw) -> ModelManager:
-    return ModelManager(models_dir=models_dir, device="cpu", offline=True, config=TINY_CONFIG, **kw)
+def real_manager(models_dir, **kw) -> SharedModel:
+    return SharedModel(files=WeightFiles(search_dirs=[models_dir], offline=True), device="cpu", config=TINY_CONFIG, **kw)
 
 
 def test_real_files_are_loaded_into_one_base(weight_files):
@@ -167,6 +168,6 @@ def test_device_and_dtype_choices():
 
 
 def test_bfloat16_keeps_the_schedule_in_float32():
-    with ModelManager(tiny=True, device="cpu", dtype="bfloat16").activate("cn10_canny") as model:
+    with SharedModel(tiny=True, device="cpu", dtype="bfloat16").activate("cn10_canny") as model:
         assert model.alphas_cumprod.dtype is torch.float32
         assert next(model.control_model.parameters()).dtype is torch.bfloat16

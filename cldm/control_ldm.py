@@ -1,4 +1,9 @@
-"""ControlledUnetModel and ControlLDM (inference-side LatentDiffusion with a ControlNet)."""
+"""ControlledUnetModel and ControlLDM (inference-side LatentDiffusion with a ControlNet).
+
+The attribute names are those of the official checkpoints, so their keys load by name: `model.diffusion_model`
+(the SD UNet), `control_model` (the ControlNet), `first_stage_model` (the VAE), `cond_stage_model` (CLIP text)
+and 13 schedule buffers at the top level.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
@@ -6,27 +11,20 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
+from cldm.control import Control, control_residuals
 from cldm.controlnet import ControlNet
 from ldm.clip import FrozenCLIPEmbedder
+from ldm.config import UNetConfig
 from ldm.schedule import linear_schedule
 from ldm.unet import UNetModel
 from ldm.vae import AutoencoderKL, DiagonalGaussianDistribution
 
 if TYPE_CHECKING:
-    from cldm.config import ControlLDMConfig, UNetConfig
+    from cldm.config import ControlLDMConfig
 
-
-def scale_residuals(residuals: Sequence[torch.Tensor], scales: Sequence[float]) -> list[torch.Tensor]:
-    if len(residuals) != len(scales):
-        raise ValueError(f"{len(scales)} control scales for {len(residuals)} ControlNet outputs")
-    return [r * s for r, s in zip(residuals, scales)]
-
-
-def sum_residuals(*residual_lists: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Element-wise sum of several ControlNets' (already scaled) residual lists, for multi-condition control."""
-    if not residual_lists or len({len(r) for r in residual_lists}) != 1:
-        raise ValueError("need one or more residual lists of equal length")
-    return [torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*residual_lists)]
+# Checkpoint key prefixes of the parts (from the attribute names below).
+CONTROL_PREFIX = "control_model."
+UNET_PREFIX = "model.diffusion_model."
 
 
 class ControlledUnetModel(UNetModel):
@@ -92,29 +90,34 @@ class ControlLDM(nn.Module):
 
     def control_residuals(self, x_noisy: torch.Tensor, hint: torch.Tensor, t: torch.Tensor | int,
                           context: torch.Tensor, control_model: ControlNet | None = None) -> list[torch.Tensor]:
-        """A ControlNet's residuals for this step, unscaled (one per input block + middle).
-
-        `control_model` defaults to this model's own; pass another unit's ControlNet to compose several:
-        residuals = sum_residuals(*(scale_residuals(model.control_residuals(x, hint_i, t, c, net_i), scales_i) ...))
-        eps = model.model(x, t, c, residuals, only_mid_control)
-        """
+        """A ControlNet's residuals for this step, unscaled (one per input block + middle); `control_model`
+        defaults to this model's own."""
         t = self._timesteps(t, x_noisy.shape[0], x_noisy.device)
         return (control_model or self.control_model)(x_noisy, hint, t, context)
 
+    def eps(self, x_noisy: torch.Tensor, t: torch.Tensor | int, context: torch.Tensor,
+            controls: Sequence[Control] = ()) -> torch.Tensor:
+        """The noise prediction of the SD UNet steered by `controls` (none: plain SD). Every controlled
+        step runs here: the controls' weighted residuals are summed (`cldm.control.control_residuals`) and
+        added to the UNet's skip connections and middle block (only the middle one with `only_mid_control`)."""
+        t = self._timesteps(t, x_noisy.shape[0], x_noisy.device)
+        residuals = control_residuals(controls, x_noisy, t, context)
+        return self.model(x_noisy, t, context, residuals, self.only_mid_control)
+
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor | int, cond: dict) -> torch.Tensor:
-        """eps prediction; cond = {"c_concat": [hint, ...] or None, "c_crossattn": [context, ...]}."""
+        """eps prediction with this model's ControlNet at `control_scales` (the original's interface);
+        cond = {"c_concat": [hint, ...] or None, "c_crossattn": [context, ...]}."""
         if not isinstance(cond, dict) or not cond.get("c_crossattn"):
             raise ValueError("cond must be a dict with a non-empty 'c_crossattn' list")
         unknown = set(cond) - {"c_concat", "c_crossattn"}
         if unknown:
             raise ValueError(f"unknown conditioning keys {sorted(unknown)}")
         context = torch.cat(list(cond["c_crossattn"]), dim=1)
-        t = self._timesteps(t, x_noisy.shape[0], x_noisy.device)
-        control = None
+        controls = []
         if cond.get("c_concat") is not None:
             hint = torch.cat(list(cond["c_concat"]), dim=1)
-            control = scale_residuals(self.control_residuals(x_noisy, hint, t, context), self.control_scales)
-        return self.model(x_noisy, t, context, control, self.only_mid_control)
+            controls.append(Control(self.control_model, hint, self.control_scales))
+        return self.eps(x_noisy, t, context, controls)
 
     def get_learned_conditioning(self, prompts: list[str]) -> torch.Tensor:
         return self.cond_stage_model(prompts)

@@ -1,7 +1,7 @@
-"""The shared model manager: one SD 1.5 base per process, ControlNet weights swapped in per app.
+"""The shared model: one SD 1.5 base per process, ControlNet weights swapped in per app.
 
-    manager = ModelManager(models_dir="models")            # device "auto": cuda, then mps, then cpu
-    with manager.activate("cn10_canny") as model:          # base loaded once; control weights swapped in
+    shared = SharedModel(files=WeightFiles(search_dirs=["models"]))   # device "auto": cuda, then mps, then cpu
+    with shared.activate("cn10_canny") as model:           # base loaded once; control weights swapped in
         ...                                                # the model is locked while the block runs
 
 Control weights are read with `cldm.model.load_control` (only `control_model.*` of a full 1.0 file, or a
@@ -9,8 +9,9 @@ Control weights are read with `cldm.model.load_control` (only `control_model.*` 
 so switching between apps costs a tensor copy, not a file read. `status()` reports what was loaded how
 often (the pages show it, the tests assert on it).
 
-`tiny=True`: the tiny random model of `models/cldm_tiny.yaml` (seeded, so it is the same every run), random
-control weights per key (seeded by the key) and random-init annotators; no file is read.
+`tiny=True`: the tiny model of `models/cldm_tiny.yaml` with seeded random weights (the same every run) and
+random control weights per key (seeded by the key); every weight is random and non-zero, the zero
+convolutions included, so control changes the output as real weights do. No file is read.
 """
 from __future__ import annotations
 
@@ -22,16 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 
-import annotator
-from cldm import hub
 from cldm.model import create_model, load_base, load_control
+from weights.files import WeightFiles
+from weights.table import WEIGHTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "models" / "cldm_v15.yaml"
 TINY_CONFIG = REPO_ROOT / "models" / "cldm_tiny.yaml"
 TINY_SEED = 0
-CONTROL_PREFIX = "control_model."
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -74,16 +75,32 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return chosen
 
 
-class ModelManager:
-    def __init__(self, models_dir: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
-                 low_memory: bool = False, offline: bool | None = None, tiny: bool = False, cache_size: int | None = None,
+def randomize_(module: nn.Module, seed: int) -> nn.Module:
+    """Seeded random values for every parameter of `module`, none zero, activations kept O(1): weights of
+    convolutions and linear layers ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.01), biases ~ N(0, 0.01)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if p.ndim >= 2:
+                value = noise / (p[0].numel() ** 0.5)
+            elif name.endswith("weight"):
+                value = 1.0 + 0.1 * noise
+            else:
+                value = 0.1 * noise
+            p.copy_(value)
+    return module
+
+
+class SharedModel:
+    def __init__(self, files: WeightFiles | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
+                 low_memory: bool = False, tiny: bool = False, cache_size: int | None = None,
                  config: str | Path | None = None):
         self.config = Path(config) if config else (TINY_CONFIG if tiny else CONFIG)
-        self.models_dir = Path(models_dir) if models_dir else hub.MODELS_DIR
+        self.files = files or WeightFiles()
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.low_memory = low_memory
-        self.offline = offline
         self.tiny = tiny
         # Each cached entry of the real model is a 1.45 GB ControlNet (fp32); low-memory mode keeps none.
         self.cache_size = cache_size if cache_size is not None else (0 if low_memory else 2)
@@ -99,8 +116,8 @@ class ModelManager:
 
     @contextmanager
     def activate(self, key: str) -> Iterator[torch.nn.Module]:
-        """The model with the control weights `key` (a `cldm.hub.WEIGHTS` key) in place, held exclusively."""
-        if key not in hub.WEIGHTS:
+        """The model with the control weights `key` (a `weights.WEIGHTS` key) in place, held exclusively."""
+        if key not in WEIGHTS:
             raise KeyError(f"unknown weights {key!r}")
         with self._lock:
             model = self._base()
@@ -111,11 +128,9 @@ class ModelManager:
     def _base(self) -> torch.nn.Module:
         if self._model is None:
             if self.tiny:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(TINY_SEED)
-                    model = create_model(self.config)
+                model = randomize_(create_model(self.config, init_weights=False), TINY_SEED)
             else:
-                path = self._resolve("sd15")  # before building: a missing file fails fast
+                path = self.files.resolve("sd15")  # before building: a missing file fails fast
                 model = create_model(self.config, dtype=self.dtype, init_weights=False)
                 load_base(model, path)
             model.low_memory = self.low_memory
@@ -146,7 +161,7 @@ class ModelManager:
             if self.tiny:
                 model.control_model.load_state_dict(self._tiny_control(key))
             else:
-                load_control(model, self._resolve(key))
+                load_control(model, self.files.resolve(key))
             self.control_loads[key] = self.control_loads.get(key, 0) + 1
             if self.cache_size > 0:
                 self._cache[key] = {k: v.detach().to("cpu", copy=True) for k, v in model.control_model.state_dict().items()}
@@ -156,19 +171,9 @@ class ModelManager:
         self.control_swaps += 1
 
     def _tiny_control(self, key: str) -> dict[str, torch.Tensor]:
-        """Random control weights for `key`, the same every run (a fresh tiny ControlNet seeded by the key)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(key.encode()))
-            return create_model(self.config).control_model.state_dict()
-
-    def _resolve(self, key: str) -> Path:
-        return hub.resolve(key, search_dirs=[self.models_dir], offline=self.offline)
-
-    # ---- annotators ------------------------------------------------------------------------------------------
-
-    def annotator(self, name: str) -> annotator.Annotator:
-        """The detector `name` (random weights in tiny mode); the registry keeps one networked detector resident."""
-        return annotator.load(name, device=str(self.device), random_init=self.tiny)
+        """Random control weights for `key`, the same every run (seeded by the key)."""
+        control = create_model(self.config, init_weights=False).control_model
+        return randomize_(control, zlib.crc32(key.encode())).state_dict()
 
     # ---- state -------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,46 @@
+"""The one definition of every generation setting's default and allowed range.
+
+`GenerationParams` checks its values against these; the pages build their sliders from them and the server,
+the API and the CLI validate with them, so a range is written once.
+
+Why these ranges:
+* image resolution 256–768 in steps of 64: the original apps' range. SD 1.5 and its ControlNets were trained
+  at 512 px; below 256 they fall apart, above 768 they repeat content and the cost grows with the square
+  (a 768 image already takes 2.25× the time and memory of a 512 one). Maps are multiples of 64 px (the
+  latent is 1/8 and the UNet halves it three times).
+* eta 0–1: DDIM's σ_t = eta·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev)); above 1, σ² can exceed 1 − ᾱ_prev and
+  the update takes the square root of a negative number (NaN images). eta = 1 is DDPM-like ancestral sampling.
+* steps 1–100, guidance 0.1–30, strength 0–2, 1–12 images: the original apps' sliders.
+* seed −1 (random) … 2³¹−1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+Number = Union[int, float]
+
+
+@dataclass(frozen=True)
+class Limit:
+    default: Number
+    minimum: Number
+    maximum: Number
+    step: Optional[Number]  # None: any value in range (a number box, not a slider)
+
+    def contains(self, value: Number) -> bool:
+        return self.minimum <= value <= self.maximum
+
+
+MAX_SEED = 2147483647
+RANDOM_SEED_RANGE = 65535  # seed −1 draws one in [0, 65535], as the original
+
+NUM_SAMPLES = Limit(1, 1, 12, 1)
+IMAGE_RESOLUTION = Limit(512, 256, 768, 64)
+STRENGTH = Limit(1.0, 0.0, 2.0, 0.01)
+STEPS = Limit(20, 1, 100, 1)
+GUIDANCE_SCALE = Limit(9.0, 0.1, 30.0, 0.1)
+SEED = Limit(-1, -1, MAX_SEED, 1)
+ETA = Limit(0.0, 0.0, 1.0, None)
+CONTROL_START = Limit(0.0, 0.0, 1.0, 0.01)
+CONTROL_END = Limit(1.0, 0.0, 1.0, 0.01)
