@@ -18,7 +18,7 @@ from annotator.hed.network import ControlNetHED
 from annotator.hed.softedge import SoftEdgeHEDDetector, edge_probability
 from annotator.lineart import LineartDetector, LineartGenerator
 from annotator.lineart_anime import AnimeUNet, LineartAnimeDetector, network_size
-from annotator.pidinet import PiDiNet, PidiNetDetector
+from annotator.pidinet import PiDiNet, PidiNetDetector, ScribblePidiDetector
 from annotator.pidinet.pdc import PixelDifferenceConv2d
 from annotator.processing import (img2img_pixels, img2img_start, inpaint_composite, inpaint_inputs,
                                   tile_control)
@@ -34,7 +34,9 @@ KEY_FILES = {
     "lineart_anime": "annotator_keys_lineart_anime.json",
     "pidinet": "annotator_keys_pidinet.json",
 }
-NETWORKS = {"lineart": LineartGenerator, "lineart_coarse": LineartGenerator, "lineart_anime": AnimeUNet, "pidinet": PiDiNet}
+NETWORKS = {
+    "lineart": LineartGenerator, "lineart_coarse": LineartGenerator, "lineart_anime": AnimeUNet, "pidinet": PiDiNet,
+}
 
 
 class Files:
@@ -99,6 +101,13 @@ def network_pair(name, seed=0):
     return pair
 
 
+def run_aux(detector, img, **params):
+    """A controlnet_aux detector with both resolutions = the short side of `img` (a multiple of 64), so its
+    resize_image calls keep the size and the map is comparable pixel by pixel."""
+    side = min(img.shape[:2])
+    return detector(img, detect_resolution=side, image_resolution=side, output_type="np", **params)
+
+
 def our_detector(cls, name, seed, **kwargs):
     detector = cls(random_init=True, **kwargs)
     detector.net.load_state_dict(random_state(name, seed))
@@ -120,7 +129,9 @@ def assert_loaded(net, state):
         assert loaded[key].dtype == torch.float32 and torch.equal(loaded[key], value.float()), key
 
 
-@pytest.mark.parametrize("coarse, filename, dtype", [(False, "sk_model.pth", torch.float32), (True, "sk_model2.pth", torch.float16)])
+@pytest.mark.parametrize(
+    "coarse, filename, dtype", [(False, "sk_model.pth", torch.float32), (True, "sk_model2.pth", torch.float16)]
+)
 def test_lineart_official_files_load(tmp_path, coarse, filename, dtype):
     name = "lineart_coarse" if coarse else "lineart"
     state = {k: v.to(dtype) for k, v in random_state(name, seed=11).items()}
@@ -159,10 +170,14 @@ def network_input(height, width, seed=0):
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("name, size", [("lineart", (64, 96)), ("lineart_coarse", (32, 32)), ("lineart_anime", (256, 256))])
+@pytest.mark.parametrize(
+    "name, size", [("lineart", (64, 96)), ("lineart_coarse", (32, 32)), ("lineart_anime", (256, 256))]
+)
 def test_line_networks_match_controlnet_aux(name, size):
     ours, ref = network_pair(name, seed=1)
-    x = network_input(*size) * (2.0 if name == "lineart_anime" else 1.0) - (1.0 if name == "lineart_anime" else 0.0)
+    x = network_input(*size)
+    if name == "lineart_anime":
+        x = x * 2.0 - 1.0  # the U-Net takes [-1, 1]
     a, b = ours(x), ref(x)
     assert a.shape == b.shape == (1, 1) + size
     assert 0.05 < float(a.std()), "random weights should give a non-constant map"
@@ -225,7 +240,7 @@ def test_lineart_detector_matches_controlnet_aux_inverted(coarse):
     img = random_image(64, 128)
     out = ours(img)
     assert out.shape == (64, 128, 3) and out.dtype == np.uint8 and 20 < out.mean() < 235
-    reference = AuxLineart(fine_net, coarse_net)(img, coarse=coarse, detect_resolution=64, image_resolution=64, output_type="np")
+    reference = run_aux(AuxLineart(fine_net, coarse_net), img, coarse=coarse)
     # controlnet_aux returns 255 - map (white lines on black); the original detector returns dark lines on
     # white and only the lineart apps invert, on the control tensor (1 - map/255).
     assert (out == 255 - reference).all()
@@ -239,7 +254,7 @@ def test_lineart_anime_detector_matches_controlnet_aux_inverted():
     assert network_size(192, 128) == (256, 256) and network_size(17, 1000) == (256, 1024)
     out = ours(img)
     assert out.shape == (192, 128, 3) and 20 < out.mean() < 235
-    reference = AuxAnime(network_pair("lineart_anime", seed=6)[1])(img, detect_resolution=128, image_resolution=128, output_type="np")
+    reference = run_aux(AuxAnime(network_pair("lineart_anime", seed=6)[1]), img)
     assert (out == 255 - reference).all()  # same polarity difference as lineart
 
 
@@ -250,10 +265,21 @@ def test_pidinet_detector_matches_controlnet_aux(safe):
     ours = our_detector(PidiNetDetector, "pidinet", 7)
     img = random_image(64, 128)
     out = ours(img, safe=safe)
-    reference = AuxPidi(network_pair("pidinet", seed=7)[1])(img, detect_resolution=64, image_resolution=64, safe=safe, output_type="np")
+    reference = run_aux(AuxPidi(network_pair("pidinet", seed=7)[1]), img, safe=safe)
     assert out.shape == (64, 128, 3) and (out == reference).all()
     levels = set(np.unique(out).tolist())
     assert levels <= {0, 127, 255} and len(levels) >= 2 if safe else len(levels) > 10
+
+
+def test_scribble_pidi_matches_controlnet_aux():
+    from controlnet_aux.pidi import PidiNetDetector as AuxPidi
+
+    scribble = ScribblePidiDetector(random_init=True)
+    scribble.prepare = our_detector(PidiNetDetector, "pidinet", 7)
+    img = random_image(64, 128)
+    out = scribble(img)
+    reference = run_aux(AuxPidi(network_pair("pidinet", seed=7)[1]), img, scribble=True)
+    assert set(np.unique(out).tolist()) == {0, 255} and (out == reference).all()
 
 
 def hed_random_state(seed):
@@ -283,7 +309,7 @@ def test_softedge_hed_matches_controlnet_aux(safe):
     ref_net.load_state_dict(state)
     img = random_image(64, 64)
     out = ours(img, safe=safe)
-    reference = HEDdetector(ref_net)(img, detect_resolution=64, image_resolution=64, safe=safe, output_type="np")
+    reference = run_aux(HEDdetector(ref_net), img, safe=safe)
     assert out.shape == (64, 64, 3) and (out == reference).all()
     if safe:
         assert set(np.unique(out).tolist()) == {0, 127, 255}
@@ -355,7 +381,7 @@ def test_content_shuffle_matches_controlnet_aux_at_one_size():
 
     img = random_image(64, 128)
     np.random.seed(5)  # aux draws from numpy's global generator; the original app seeds it with the run's seed
-    reference = AuxShuffle()(img, detect_resolution=64, image_resolution=64, output_type="np")
+    reference = run_aux(AuxShuffle(), img)
     assert (ContentShuffleDetector()(img, seed=5) == reference).all()
 
 
@@ -398,7 +424,7 @@ def test_color_shuffle_matches_controlnet_aux_except_the_range_end():
     # np.random.randint(64, 384) excludes 384, so seeds drawing 384 differ from it.
     seed = next(s for s in range(10000) if np.random.RandomState(s).randint(64, 385) == 384)
     np.random.seed(seed)
-    assert np.random.randint(64, 384) != 384
+    assert not (ColorShuffleDetector()(img, seed=seed) == AuxColor()(img)).all()
 
 
 # --- the apps' own control inputs -------------------------------------------------------------------------

@@ -83,7 +83,9 @@ class PiDiNet(nn.Module):
                 stride = 2 if s > 1 and b == 1 else 1
                 setattr(self, f"block{s}_{b}", PDCBlock(CARV4[layer], cin if b == 1 else cout, cout, stride))
                 layer += 1
-        self.stage_blocks = tuple(tuple(f"block{s}_{b}" for b in range(1, n + 1)) for s, (_, _, n) in enumerate(stages, 1))
+        self.stage_blocks = tuple(
+            tuple(f"block{s}_{b}" for b in range(1, n + 1)) for s, (_, _, n) in enumerate(stages, start=1)
+        )
         side_widths = [cout for _, cout, _ in stages]
         # Registration order = the checkpoint's key order: reduces, attentions, dilations.
         self.conv_reduces = nn.ModuleList(MapReduce(SIDE_WIDTH) for _ in side_widths)
