@@ -57,7 +57,8 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
 
 
 def generate_parser() -> argparse.ArgumentParser:
-    from apps.controls import A_PROMPT, ETA, IMAGE_RESOLUTION, N_PROMPT, NUM_SAMPLES, SCALE, SEED, STEPS, STRENGTH
+    from apps.controls import (A_PROMPT, DEFAULT_SAMPLER, ETA, IMAGE_RESOLUTION, N_PROMPT, NUM_SAMPLES, SAMPLER_CHOICES,
+                               SCALE, SEED, STEPS, STRENGTH)
     from apps.registry import APPS
 
     def ranged(param) -> str:
@@ -74,6 +75,8 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--n", type=int, default=NUM_SAMPLES.default, help=f"images per input: {ranged(NUM_SAMPLES)}")
     parser.add_argument("--steps", type=int, default=STEPS.default, help=ranged(STEPS))
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=[name for _, name in SAMPLER_CHOICES],
+                        help=f"sampling method (default {DEFAULT_SAMPLER}, the original's)")
     parser.add_argument("--seed", type=int, default=SEED.default, help=f"{ranged(SEED)}; -1: random")
     parser.add_argument("--image-resolution", type=int, default=IMAGE_RESOLUTION.default, help=ranged(IMAGE_RESOLUTION))
     parser.add_argument("--strength", type=float, default=STRENGTH.default, help=ranged(STRENGTH))
@@ -141,7 +144,7 @@ def generate(args: argparse.Namespace) -> int:
             return fail(f"--param {item!r}: expected NAME=VALUE with NAME one of: {', '.join(sorted(known)) or 'none for this app'}")
         values[name] = value.lower() in ("1", "true", "yes", "on") if isinstance(values[name], bool) else value
     try:
-        request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights)
+        request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights, args.sampler)
         images = [read_image(path) for path in inputs]
     except InvalidInput as err:
         return fail(str(err))

@@ -22,7 +22,7 @@ from annotator.registry import REGISTRY, Param
 from annotator.util import check_image, resize_image
 from apps.backend import Backend
 from apps.components import CheckedImage, Dropdown, Number, Slider, user_error
-from apps.controls import A_PROMPT, N_PROMPT, SEED, check_param
+from apps.controls import A_PROMPT, DEFAULT_SAMPLER, N_PROMPT, SAMPLER_CHOICES, SEED, check_param, sampler_summary
 from apps.errors import USER_ERRORS, InvalidInput
 from apps.spec import AnnotatorSection, AppResult, AppSpec, run_app, validate
 from cldm.ddim import SamplingCancelled
@@ -115,6 +115,15 @@ def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
     return sketch
 
 
+def sampler_dropdown(elem_id: str) -> Dropdown:
+    return Dropdown(label="Sampler", choices=SAMPLER_CHOICES, value=DEFAULT_SAMPLER, elem_id=elem_id,
+                    info="DDIM is the original's; eta applies to DDIM only")
+
+
+def result_line(seed: int, sampler: str, steps: int) -> str:
+    return f"Seed used: **{seed}** · {sampler_summary(sampler, steps)}"
+
+
 def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T]) -> T:
     """`work(on_step, on_status)` under the session's Stop button and the page's progress bar; what goes wrong
     becomes a gr.Error (the user's mistakes with their message, anything else logged) and the server keeps serving."""
@@ -159,6 +168,7 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
                 n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
                 weights = Dropdown(label="ControlNet weights", choices=spec.weight_choices(), value=spec.weights[0],
                                    elem_id=f"{name}-weights")
+                sampler = sampler_dropdown(f"{name}-sampler")
         with gr.Column():
             gallery = gr.Gallery(label="Output", show_label=False, elem_id=f"{name}-gallery", columns=2, height="auto",
                                  object_fit="contain", format="png")
@@ -169,18 +179,19 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
 
     def process(cancel: CancelToken, image_value, prompt_value, *rest, progress=gr.Progress()):
         values = dict(zip(names, rest[: len(names)]))
-        a_value, n_value, weights_value = rest[len(names):]
+        a_value, n_value, weights_value, sampler_value = rest[len(names):]
 
         def work(on_step, on_status) -> AppResult:
-            request = validate(spec, values, prompt_value, a_value, n_value, weights_value)
+            request = validate(spec, values, prompt_value, a_value, n_value, weights_value, sampler_value)
             on_status("Detecting the control map")
             return run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status)
 
         result = guarded_run(cancel, progress, work)
         gallery_items = [(result.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
-        return gallery_items, f"Seed used: **{result.seed}**", status_line()
+        return gallery_items, result_line(result.seed, result.sampler, result.steps), status_line()
 
-    inputs, outputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights], [gallery, seed_used, status]
+    inputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights, sampler]
+    outputs = [gallery, seed_used, status]
     clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
     submitted = prompt.submit(process, inputs, outputs, api_visibility="private", concurrency_id="generate")
     stop.click(CancelToken.stop, [token], None, cancels=[clicked, submitted], queue=False,

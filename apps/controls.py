@@ -9,6 +9,7 @@ from annotator.util import AnnotatorInputError
 from apps.errors import InvalidInput
 from cldm import limits
 from cldm.pipeline import DEFAULT_A_PROMPT, DEFAULT_N_PROMPT
+from cldm.samplers import SAMPLERS
 
 MAX_PROMPT_CHARS = 1000
 A_PROMPT = DEFAULT_A_PROMPT
@@ -33,6 +34,8 @@ START = limited("start", "Start", limits.CONTROL_START)
 END = limited("end", "End", limits.CONTROL_END)
 BEFORE_EXTRAS = (NUM_SAMPLES, IMAGE_RESOLUTION, STRENGTH, GUESS_MODE)
 AFTER_EXTRAS = (STEPS, SCALE, SEED, ETA)
+SAMPLER_CHOICES = [(s.label, s.name) for s in SAMPLERS.values()]
+DEFAULT_SAMPLER = limits.DEFAULT_SAMPLER
 
 
 def check_param(param: Param, value: Any) -> Any:
@@ -52,6 +55,20 @@ def check_param(param: Param, value: Any) -> Any:
         if (value - param.minimum) % param.step:
             raise InvalidInput(f"{param.label}: {value} is not one of {param.minimum}, {param.minimum + param.step}, … (step {param.step})")
     return value
+
+
+def check_sampler(value: Any) -> str:
+    """A sampler name of `cldm.samplers.SAMPLERS` (empty: the default, DDIM)."""
+    if value is None or value == "":
+        return DEFAULT_SAMPLER
+    if not isinstance(value, str) or value not in SAMPLERS:
+        raise InvalidInput(f"Sampler: {value!r} is not one of {', '.join(SAMPLERS)}")
+    return value
+
+
+def sampler_summary(name: str, steps: int) -> str:
+    """What the result line says about how it was sampled, e.g. "DDIM, 20 steps"."""
+    return f"{SAMPLERS[name].label}, {steps} step{'s' if steps != 1 else ''}"
 
 
 def check_text(label: str, value: Any) -> str:

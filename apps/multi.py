@@ -9,7 +9,7 @@ import gradio as gr
 
 from annotator.registry import REGISTRY
 from apps.backend import Backend
-from apps.builder import CancelToken, CheckedImage, Dropdown, Page, guarded_run, param_component
+from apps.builder import CancelToken, CheckedImage, Dropdown, Page, guarded_run, param_component, result_line, sampler_dropdown
 from apps.components import Radio
 from apps.controls import A_PROMPT, END, N_PROMPT, START, STRENGTH
 from apps.multi_request import (ANNOTATOR_APPS, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest, MultiResult, Unit,
@@ -72,6 +72,7 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
                 controls = [param_component(p, f"{NAME}-{p.name}") for p in COMMON]
                 a_prompt = gr.Textbox(label="Added Prompt", value=A_PROMPT)
                 n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
+                sampler = sampler_dropdown(f"{NAME}-sampler")
             gr.Markdown("A unit is active at sampling step i of n when start ≤ i/n < end. Units whose image has "
                         "another aspect ratio are stretched to the first unit's size.")
         with gr.Column():
@@ -88,10 +89,10 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
 
     def respond(cancel: CancelToken, make_units: Callable[[], list[Unit]], prompt_value, rest, progress):
         values = dict(zip(names, rest[: len(names)]))
-        a_value, n_value, mode_value = rest[len(names):]
+        a_value, n_value, mode_value, sampler_value = rest[len(names):]
 
         def work(on_step, on_status) -> tuple[MultiRequest, MultiResult]:
-            request = validate_multi(make_units(), values, prompt_value, a_value, n_value, mode_value)
+            request = validate_multi(make_units(), values, prompt_value, a_value, n_value, mode_value, sampler_value)
             on_status("Detecting the control maps")
             return request, run_multi(backend, request, on_step=on_step, on_status=on_status)
 
@@ -99,7 +100,8 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
         maps = [(m, f"unit {u.number}: " + ("the image (no annotator)" if u.annotator == NO_ANNOTATOR else f"{u.annotator} map"))
                 for u, m in zip(request.units, result.maps)]
         samples = [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
-        return maps + samples, f"Seed used: **{result.seed}**", f"{status_line()} · {_bank_text(backend.bank)}"
+        line = result_line(result.seed, request.sampler, request.values["ddim_steps"])
+        return maps + samples, line, f"{status_line()} · {_bank_text(backend.bank)}"
 
     def process_page(cancel: CancelToken, *args, progress=gr.Progress()):
         per_unit = len(unit_inputs[0])
@@ -114,7 +116,7 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
     def process_api(cancel: CancelToken, units, images, prompt_value, *rest, progress=gr.Progress()):
         return respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)
 
-    common = [prompt, *controls, a_prompt, n_prompt, mode]
+    common = [prompt, *controls, a_prompt, n_prompt, mode, sampler]
     outputs = [gallery, seed_used, status]
     page_inputs = [token, *(c for unit in unit_inputs for c in unit), *common]
     events = [

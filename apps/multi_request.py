@@ -18,7 +18,8 @@ import numpy as np
 from annotator.registry import REGISTRY, available
 from annotator.util import AnnotatorInputError, check_image, resize_image
 from apps.backend import Backend
-from apps.controls import END, ETA, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED, START, STEPS, STRENGTH, check_param, check_text
+from apps.controls import (END, ETA, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED, START, STEPS, STRENGTH, check_param,
+                           check_sampler, check_text)
 from apps.errors import InvalidInput
 from apps.images import read_image
 from apps.registry import APPS
@@ -65,6 +66,7 @@ class MultiRequest:
     a_prompt: str
     n_prompt: str
     mode: ControlMode
+    sampler: str
 
 
 def check_unit(number: int, image: Any, annotator: Any, weights: Any = None, strength: Any = STRENGTH.default,
@@ -108,7 +110,7 @@ def _unit_params(annotator: str, params: Any) -> dict[str, Any]:
 
 
 def validate_multi(units: Sequence[Unit], values: Mapping[str, Any], prompt: Any, a_prompt: Any, n_prompt: Any,
-                   mode: Any) -> MultiRequest:
+                   mode: Any, sampler: Any = None) -> MultiRequest:
     """Check the common values of a request whose units were checked with `check_unit`."""
     if not units:
         raise InvalidInput("No input image: upload an image for at least one unit.")
@@ -123,6 +125,7 @@ def validate_multi(units: Sequence[Unit], values: Mapping[str, Any], prompt: Any
         a_prompt=check_text("Added Prompt", a_prompt),
         n_prompt=check_text("Negative Prompt", n_prompt),
         mode=ControlMode(mode),
+        sampler=check_sampler(sampler),
     )
 
 
@@ -193,7 +196,7 @@ def run_multi(backend: Backend, request: MultiRequest,
         size = control.shape[:2]
         controls.append(control)
         shown.append(display)
-    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt)
+    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.sampler)
     callback = None if on_step is None else (lambda i, total, x, x0: on_step(i + 1, total))
     status("Loading the ControlNets")
     with backend.bank.hold([u.weights for u in request.units]) as (model, nets):

@@ -15,7 +15,7 @@ import numpy as np
 from annotator.registry import REGISTRY, Param
 from annotator.util import AnnotatorInputError, resize_image
 from apps.backend import Backend
-from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, check_param, check_text
+from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, check_param, check_sampler, check_text
 from apps.errors import InvalidInput
 from apps.images import input_image
 from cldm.pipeline import GenerationParams, generate
@@ -108,10 +108,11 @@ class Request:
     a_prompt: str
     n_prompt: str
     weights: str
+    sampler: str
 
 
 def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: Any, n_prompt: Any,
-             weights: Any) -> Request:
+             weights: Any, sampler: Any = None) -> Request:
     """Check every value of one request of app `spec` (the server never trusts slider limits)."""
     checked = {p.name: check_param(p, values.get(p.name)) for p in spec.controls}
     if weights is None or weights == "":
@@ -125,16 +126,18 @@ def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: An
         a_prompt=check_text("Added Prompt", a_prompt),
         n_prompt=check_text("Negative Prompt", n_prompt),
         weights=weights,
+        sampler=check_sampler(sampler),
     )
 
 
-def generation_params(values: Mapping[str, Any], prompt: str, a_prompt: str, n_prompt: str) -> GenerationParams:
+def generation_params(values: Mapping[str, Any], prompt: str, a_prompt: str, n_prompt: str,
+                      sampler: str) -> GenerationParams:
     """The generation settings of a checked request (the common controls by name)."""
     return GenerationParams(
         prompt=prompt, a_prompt=a_prompt, n_prompt=n_prompt,
         num_samples=values["num_samples"], image_resolution=values["image_resolution"], steps=values["ddim_steps"],
         guess_mode=values.get("guess_mode", False), strength=values.get("strength", 1.0),
-        scale=values["scale"], seed=values["seed"], eta=values["eta"],
+        scale=values["scale"], seed=values["seed"], eta=values["eta"], sampler=sampler,
     )
 
 
@@ -156,6 +159,8 @@ class AppResult:
     display_map: np.ndarray
     samples: list[np.ndarray]
     seed: int
+    sampler: str
+    steps: int
 
 
 def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
@@ -173,9 +178,10 @@ def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
     detected = control_map(spec, backend, image, values["image_resolution"], values.get("detect_resolution"),
                            request.detector_values)
     status("Loading the model")
-    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt)
+    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.sampler)
     callback = None if on_step is None else (lambda i, total, x, x0: on_step(i + 1, total))
     with backend.model.activate(request.weights) as model:
         status("Sampling")
         result = generate(model, np.ascontiguousarray(spec.to_control(detected)), params, callback)
-    return AppResult(display_map=spec.display(detected), samples=result.images, seed=result.seed)
+    return AppResult(display_map=spec.display(detected), samples=result.images, seed=result.seed,
+                     sampler=params.sampler, steps=params.steps)

@@ -1,8 +1,8 @@
 """Typed configuration of ControlLDM, parsed from the original yaml schema (`target` strings are only checked).
 
 The SD 1.5 parts (UNet, VAE, text encoder) are configured by `ldm.config`; this module adds the ControlNet
-and the whole model. Fields of the original schema that only its training code read (dataset keys, logging,
-the unused `image_size`) are accepted and ignored; options that change the model are accepted only with the
+and the whole model. Fields of the original schema that only its logging code read, or nothing (`image_size`),
+are accepted and ignored; options that change the model are accepted only with the
 values this implementation runs (e.g. `parameterization: eps`), with a message naming the field otherwise.
 """
 from __future__ import annotations
@@ -26,9 +26,8 @@ EXPECTED_TARGETS = {
     "cond_stage_config": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
     "lossconfig": "torch.nn.Identity",
 }
-# Read only by the original's training and logging code, or unused there too (image_size).
-IGNORED_MODEL_FIELDS = frozenset({"control_key", "first_stage_key", "cond_stage_key", "image_size",
-                                  "num_timesteps_cond", "log_every_t", "cond_stage_trainable", "monitor"})
+# Read only by the original's logging code, or unused there too (image_size, num_timesteps_cond).
+IGNORED_MODEL_FIELDS = frozenset({"image_size", "num_timesteps_cond", "log_every_t", "cond_stage_trainable", "monitor"})
 IGNORED_UNET_FIELDS = frozenset({"image_size"})
 # Options of the original that this implementation supports with one value only.
 FIXED_MODEL_FIELDS = {"conditioning_key": "crossattn", "parameterization": "eps", "use_ema": False, "scale_by_std": False}
@@ -57,6 +56,10 @@ class ControlLDMConfig:
     scale_factor: float = 1.0
     only_mid_control: bool = False
     channels: int = 4
+    # The dataset item keys training reads the image, the prompt and the control map from.
+    first_stage_key: str = "image"
+    cond_stage_key: str = "image"
+    control_key: str = "hint"
 
     def __post_init__(self) -> None:
         if self.unet.context_dim != self.cond_stage.hidden_size or self.control.context_dim != self.unet.context_dim:

@@ -109,14 +109,18 @@ class ControlledDenoiser:
     """`denoise(x, t, cond)` for the samplers and `guided_model_fn`: the SD UNet of `model` under `units`.
 
     `cond["c_concat"]` holds one hint tensor per unit (or is None: plain SD); `cond["c_crossattn"]` the text.
-    `timesteps` (ascending, as sampled) maps each t back to its step index for the active windows.
+    `timesteps` (ascending, as sampled) maps each t back to its step index for the active windows. A timestep
+    that repeats (the Karras schedule rounds two late ones to the same t from about 45 steps) counts as its
+    first step.
     """
 
     def __init__(self, model: nn.Module, units: list[ControlUnit], mode: ControlMode, timesteps: Tensor):
         self.model = model
         self.units = units
         self.mode = mode
-        self.step_of = {float(t): i for i, t in enumerate(timesteps.flip(0))}
+        self.step_of: dict[float, int] = {}
+        for i, t in enumerate(timesteps.flip(0)):
+            self.step_of.setdefault(float(t), i)
         self.total = len(timesteps)
         self.dtype = model.dtype
 

@@ -44,3 +44,7 @@ SEED = Limit(-1, -1, MAX_SEED, 1)
 ETA = Limit(0.0, 0.0, 1.0, None)
 CONTROL_START = Limit(0.0, 0.0, 1.0, 0.01)
 CONTROL_END = Limit(1.0, 0.0, 1.0, 0.01)
+
+DEFAULT_SAMPLER = "ddim"  # the original's; the others are in cldm.samplers.SAMPLERS
+# Samplers with fewer steps than STEPS allows: LCM's schedule picks from a 50-step distillation grid.
+MAX_STEPS = {"lcm": 50}

@@ -1,7 +1,8 @@
 """Text + control map(s) → images: the one generation path of the apps, the CLI and the multi-condition app.
 
 Follows the original apps' `process`: text = prompt + ", " + a_prompt, unconditional text = n_prompt, control
-map /255 repeated per sample (the hint), DDIM with classifier-free guidance, decode, x·127.5 + 127.5 clipped to
+map /255 repeated per sample (the hint), DDIM (or another sampler of `cldm.samplers.SAMPLERS`) with
+classifier-free guidance, decode, x·127.5 + 127.5 clipped to
 uint8. Seeds drive a CPU `torch.Generator` (x_T and eta noise), so a seed gives the same images on any device;
 seed −1 draws one in [0, 65535] like the original.
 """
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 
 from cldm import limits
 from cldm.control import ControlledDenoiser, ControlMode, ControlUnit
-from cldm.ddim import StepCallback, guided_model_fn, initial_noise, make_ddim_timesteps, model_alphas_cumprod, sample_ddim
+from cldm.ddim import StepCallback, guided_model_fn, initial_noise, model_alphas_cumprod
+from cldm.samplers import SAMPLERS
 
 DEFAULT_A_PROMPT = "best quality, extremely detailed"
 DEFAULT_N_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
@@ -48,6 +50,7 @@ class GenerationParams:
     scale: float = limits.GUIDANCE_SCALE.default
     seed: int = limits.SEED.default
     eta: float = limits.ETA.default
+    sampler: str = limits.DEFAULT_SAMPLER
 
     def __post_init__(self) -> None:
         for name in ("prompt", "a_prompt", "n_prompt"):
@@ -65,6 +68,11 @@ class GenerationParams:
                             ("steps", limits.STEPS), ("strength", limits.STRENGTH), ("scale", limits.GUIDANCE_SCALE),
                             ("seed", limits.SEED), ("eta", limits.ETA)):
             _check_range(name, getattr(self, name), limit)
+        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
+            raise GenerationInputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.steps > limits.MAX_STEPS.get(self.sampler, limits.STEPS.maximum):
+            raise GenerationInputError(f"steps must be at most {limits.MAX_STEPS[self.sampler]} with the "
+                                       f"{SAMPLERS[self.sampler].label} sampler, got {self.steps}")
 
     def resolved_seed(self) -> int:
         return random.randint(0, limits.RANDOM_SEED_RANGE) if self.seed == -1 else int(self.seed)
@@ -117,13 +125,14 @@ def generate_multi(model: nn.Module, units: list[ControlUnit], params: Generatio
         if params.scale != 1.0:
             uncond = {"c_concat": cond["c_concat"] if mode.controls_unconditional else None,
                       "c_crossattn": [model.get_learned_conditioning([params.n_prompt] * n)]}
-        timesteps = make_ddim_timesteps(params.steps, len(alphas_cumprod))
+        sampler = SAMPLERS[params.sampler]
+        timesteps = sampler.schedule(params.steps, alphas_cumprod)
         model_fn = guided_model_fn(ControlledDenoiser(model, units, mode, timesteps), cond, uncond, params.scale)
 
         model.low_vram_shift(is_diffusing=True)
         down = model.config.first_stage.downscale
         x_t = initial_noise((n, model.config.channels, h // down, w // down), generator, device)
-        latents = sample_ddim(model_fn, x_t, timesteps, alphas_cumprod, params.eta, generator, callback)
+        latents = sampler.sample(model_fn, x_t, timesteps, alphas_cumprod, params.eta, generator, callback)
         model.low_vram_shift(is_diffusing=False)
         decoded = model.decode_first_stage(latents.to(dtype)).float()
     pixels = (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).cpu().numpy().clip(0, 255).astype(np.uint8)

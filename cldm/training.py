@@ -118,12 +118,14 @@ class ControlNetTraining(pl.LightningModule):
 
     @torch.no_grad()
     def get_input(self, batch: dict, drop_prompts: bool = False) -> tuple[Tensor, dict]:
-        """(latent z, cond) from a batch of dataset items; z is a fresh posterior sample × scale_factor."""
-        x = nhwc_to_nchw(batch["jpg"]).to(self.device, self.model.dtype)
-        hint = nhwc_to_nchw(batch["hint"]).to(self.device, self.model.dtype)
+        """(latent z, cond) from a batch of dataset items (read under the config's first_stage_key, control_key
+        and cond_stage_key); z is a fresh posterior sample × scale_factor."""
+        keys = self.model.config
+        x = nhwc_to_nchw(batch[keys.first_stage_key]).to(self.device, self.model.dtype)
+        hint = nhwc_to_nchw(batch[keys.control_key]).to(self.device, self.model.dtype)
         if hint.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"hint size {tuple(hint.shape[-2:])} differs from image size {tuple(x.shape[-2:])}")
-        prompts = list(batch["txt"])
+        prompts = list(batch[keys.cond_stage_key])
         if drop_prompts:
             prompts = self.drop(prompts)
         z = self.model.get_first_stage_encoding(self.model.encode_first_stage(x))
@@ -140,7 +142,7 @@ class ControlNetTraining(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.compute_loss(batch)
-        self.log("train/loss_simple", loss, prog_bar=True, batch_size=len(batch["txt"]))
+        self.log("train/loss_simple", loss, prog_bar=True, batch_size=len(batch[self.model.config.cond_stage_key]))
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -151,7 +153,7 @@ class ControlNetTraining(pl.LightningModule):
         """The original's panels, NCHW in [-1, 1]: reconstruction, control, conditioning, CFG samples."""
         batch = {k: v[:n] for k, v in batch.items()}
         z, cond = self.get_input(batch)
-        hint, prompts = cond["c_concat"][0], list(batch["txt"])
+        hint, prompts = cond["c_concat"][0], list(batch[self.model.config.cond_stage_key])
         n, height, width = z.shape[0], hint.shape[-2], hint.shape[-1]
         uncond = {"c_concat": [hint], "c_crossattn": [self.model.get_unconditional_conditioning(n)]}
         samples, _ = DDIMSampler(self.model).sample(
