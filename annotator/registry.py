@@ -157,6 +157,75 @@ def _normal(device: str, random_init: bool, files: WeightFiles | None) -> Detect
     return MidasNormalDetector(device=device, random_init=random_init, files=files)
 
 
+def _lineart(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.lineart import LineartDetector
+
+    return LineartDetector(device=device, random_init=random_init, files=files)
+
+
+def _lineart_coarse(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.lineart import LineartDetector
+
+    return LineartDetector(device=device, random_init=random_init, files=files, coarse=True)
+
+
+def _lineart_anime(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.lineart_anime import LineartAnimeDetector
+
+    return LineartAnimeDetector(device=device, random_init=random_init, files=files)
+
+
+def _softedge_hed(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.hed.softedge import SoftEdgeHEDDetector
+
+    return SoftEdgeHEDDetector(device=device, random_init=random_init, files=files)
+
+
+def _softedge_pidi(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.pidinet import PidiNetDetector
+
+    return PidiNetDetector(device=device, random_init=random_init, files=files)
+
+
+def _scribble_pidi(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.pidinet import ScribblePidiDetector
+
+    return ScribblePidiDetector(device=device, random_init=random_init, files=files)
+
+
+def _normalbae(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.normalbae import NormalBaeDetector
+
+    return NormalBaeDetector(device=device, random_init=random_init, files=files)
+
+
+def _zoe(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.zoe import ZoeDetector
+    from annotator.zoe.config import RANDOM_INIT, ZOED_M12_N
+
+    return ZoeDetector(device=device, random_init=random_init, files=files, config=RANDOM_INIT if random_init else ZOED_M12_N)
+
+
+def _openpose11(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.openpose.detector_v11 import OpenposeV11Detector
+
+    return OpenposeV11Detector(device=device, random_init=random_init, files=files)
+
+
+def _shuffle(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.shuffle import ContentShuffleDetector
+
+    return ContentShuffleDetector()
+
+
+def _color_shuffle(device: str, random_init: bool, files: WeightFiles | None) -> Detector:
+    from annotator.shuffle import ColorShuffleDetector
+
+    return ColorShuffleDetector()
+
+
+SHUFFLE_SEED = Param("seed", "Shuffle seed", 12345, 0, 2147483647, 1)
+
 SPECS: tuple[DetectorSpec, ...] = (
     DetectorSpec(
         "canny", "Canny Edge", _canny,
@@ -198,6 +267,28 @@ SPECS: tuple[DetectorSpec, ...] = (
         map_interpolation="bilinear",
         weights=("midas",),
     ),
+    # ControlNet 1.1 detectors; the 1.1 apps resize every map bilinearly.
+    DetectorSpec("lineart", "Lineart", _lineart, map_interpolation="bilinear", weights=("lineart",)),
+    DetectorSpec("lineart_coarse", "Lineart (coarse)", _lineart_coarse, map_interpolation="bilinear",
+                 weights=("lineart_coarse",)),
+    DetectorSpec("lineart_anime", "Anime Lineart", _lineart_anime, map_interpolation="bilinear",
+                 weights=("lineart_anime",)),
+    DetectorSpec("softedge_hed", "Soft Edge (HED 1.1)", _softedge_hed, params=(Param("safe", "Safe", False),),
+                 map_interpolation="bilinear", weights=("hed",)),
+    DetectorSpec("softedge_pidi", "Soft Edge (PiDiNet)", _softedge_pidi, params=(Param("safe", "Safe", False),),
+                 map_interpolation="bilinear", weights=("pidinet",)),
+    DetectorSpec("scribble_pidi", "Scribble (PiDiNet)", _scribble_pidi, map_interpolation="bilinear",
+                 weights=("pidinet",), finish_after_resize=True),
+    DetectorSpec("normalbae", "Normal BAE", _normalbae, map_interpolation="bilinear", weights=("normalbae",)),
+    DetectorSpec("zoe", "ZoeDepth", _zoe, map_interpolation="bilinear", weights=("zoe",)),
+    DetectorSpec(
+        "openpose11", "OpenPose 1.1", _openpose11,
+        params=(Param("hand", "Detect hands", False), Param("face", "Detect faces", False)),
+        map_interpolation="bilinear",
+        weights=("openpose_body", "openpose_hand", "openpose_face"),
+    ),
+    DetectorSpec("shuffle", "Content Shuffle", _shuffle, params=(SHUFFLE_SEED,), map_interpolation="bilinear"),
+    DetectorSpec("color_shuffle", "Color Shuffle", _color_shuffle, params=(SHUFFLE_SEED,), map_interpolation="bilinear"),
 )
 
 REGISTRY: dict[str, DetectorSpec] = {spec.name: spec for spec in SPECS}

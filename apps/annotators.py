@@ -15,4 +15,16 @@ SECTIONS = (
     AnnotatorSection("seg", "Uniformer Segmentation", ("seg",), (resolution(),)),
     AnnotatorSection("scribble", "Scribble (dark strokes on light paper)", ("scribble",), (resolution(),)),
     AnnotatorSection("fake_scribble", "Fake Scribble (HED)", ("fake_scribble",), (resolution(),)),
+    # ControlNet 1.1 detectors.
+    AnnotatorSection("lineart", "Lineart (fine and coarse)", ("lineart", "lineart_coarse"), (resolution(),)),
+    AnnotatorSection("lineart_anime", "Anime Lineart", ("lineart_anime",), (resolution(),)),
+    AnnotatorSection("softedge", "Soft Edge (HED 1.1 and PiDiNet)", ("softedge_hed", "softedge_pidi"),
+                     detector_params("softedge_hed") + (resolution(),)),
+    AnnotatorSection("scribble_pidi", "Scribble (PiDiNet)", ("scribble_pidi",), (resolution(),)),
+    AnnotatorSection("normalbae", "Normal BAE", ("normalbae",), (resolution(),)),
+    AnnotatorSection("zoe", "ZoeDepth", ("zoe",), (resolution(),)),
+    AnnotatorSection("openpose11", "Openpose 1.1 (body, hands, face)", ("openpose11",),
+                     detector_params("openpose11") + (resolution(),)),
+    AnnotatorSection("shuffle", "Content and Color Shuffle", ("shuffle", "color_shuffle"),
+                     detector_params("shuffle") + (resolution(),)),
 )

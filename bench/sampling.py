@@ -99,7 +99,7 @@ def prepare(work: Path, config: Path) -> None:
 
 def run_ours(work: Path, config: Path, res: int, steps: int, dtype: torch.dtype, warmup: int) -> dict:
     from cldm.model import create_model, load_full_checkpoint
-    from cldm.multi import ControlledDenoiser, ControlMode, ControlUnit
+    from cldm.control import ControlledDenoiser, ControlMode, ControlUnit
     from cldm.pipeline import GenerationParams, generate
 
     model = create_model(config, dtype=dtype)

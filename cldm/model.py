@@ -9,7 +9,6 @@ Tensors are cast to the dtype and device of the model's own. The schedule buffer
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Optional
 
 import torch

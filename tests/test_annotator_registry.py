@@ -22,6 +22,8 @@ EXPECTED = {
     "seg": "nearest",
     "depth": "bilinear",
     "normal": "bilinear",
+    **{name: "bilinear" for name in ("lineart", "lineart_coarse", "lineart_anime", "softedge_hed", "softedge_pidi",
+                                     "scribble_pidi", "normalbae", "zoe", "openpose11", "shuffle", "color_shuffle")},
 }
 
 

@@ -40,6 +40,13 @@ WEIGHTS: dict[str, WeightFile] = {
     "cn11_openpose": WeightFile(CN11, "control_v11p_sd15_openpose.pth", "ControlNet 1.1 openpose"),
     "cn11_seg": WeightFile(CN11, "control_v11p_sd15_seg.pth", "ControlNet 1.1 segmentation"),
     "cn11_depth": WeightFile(CN11, "control_v11f1p_sd15_depth.pth", "ControlNet 1.1 depth"),
+    "cn11_normalbae": WeightFile(CN11, "control_v11p_sd15_normalbae.pth", "ControlNet 1.1 normal (BAE)"),
+    "cn11_lineart": WeightFile(CN11, "control_v11p_sd15_lineart.pth", "ControlNet 1.1 lineart"),
+    "cn11_lineart_anime": WeightFile(CN11, "control_v11p_sd15s2_lineart_anime.pth", "ControlNet 1.1 anime lineart"),
+    "cn11_shuffle": WeightFile(CN11, "control_v11e_sd15_shuffle.pth", "ControlNet 1.1 content shuffle"),
+    "cn11_inpaint": WeightFile(CN11, "control_v11p_sd15_inpaint.pth", "ControlNet 1.1 inpaint"),
+    "cn11_tile": WeightFile(CN11, "control_v11f1e_sd15_tile.pth", "ControlNet 1.1 tile"),
+    "cn11_ip2p": WeightFile(CN11, "control_v11e_sd15_ip2p.pth", "ControlNet 1.1 instruct pix2pix"),
     # Annotators.
     "hed": WeightFile(ANNOTATORS, "ControlNetHED.pth", "HED soft-edge detector"),
     "mlsd": WeightFile(ANNOTATORS, "mlsd_large_512_fp32.pth", "M-LSD line detector"),
@@ -47,6 +54,16 @@ WEIGHTS: dict[str, WeightFile] = {
     "openpose_hand": WeightFile(ANNOTATORS, "hand_pose_model.pth", "OpenPose hand"),
     "midas": WeightFile(ANNOTATORS, "dpt_hybrid-midas-501f0c75.pt", "MiDaS DPT-Hybrid depth"),
     "uniformer": WeightFile(ANNOTATORS, "upernet_global_small.pth", "UniFormer-S UPerNet ADE20K segmentation"),
+    "lineart": WeightFile(ANNOTATORS, "sk_model.pth", "Lineart generator (fine)"),
+    "lineart_coarse": WeightFile(ANNOTATORS, "sk_model2.pth", "Lineart generator (coarse)"),
+    "lineart_anime": WeightFile(ANNOTATORS, "netG.pth", "Anime2Sketch lineart U-Net"),
+    "pidinet": WeightFile(ANNOTATORS, "table5_pidinet.pth", "PiDiNet soft-edge detector"),
+    "normalbae": WeightFile(ANNOTATORS, "scannet.pt", "Normal BAE surface normals (ScanNet)"),
+    "zoe": WeightFile(ANNOTATORS, "ZoeD_M12_N.pt", "ZoeDepth metric depth"),
+    "openpose_face": WeightFile(ANNOTATORS, "facenet.pth", "OpenPose face landmarks"),
+    # Fast generation: the LCM-LoRA for SD 1.5 (diffusers/kohya LoRA format) and the tiny autoencoder.
+    "lcm_lora": WeightFile("latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors", "LCM-LoRA for SD 1.5"),
+    "taesd": WeightFile("madebyollin/taesd", "diffusion_pytorch_model.safetensors", "TAESD tiny autoencoder"),
 }
 
 CONTROLNETS: tuple[str, ...] = tuple(key for key, w in WEIGHTS.items() if w.repo in (CN10, CN11))

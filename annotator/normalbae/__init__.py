@@ -1,6 +1,6 @@
 """Normal BAE surface normals (ControlNet 1.1's normalbae map): RGB = (normal + 1) / 2 as predicted.
 
-    det = NormalBaeDetector()          # weights via cldm.hub ("normalbae" = scannet.pt)
+    det = NormalBaeDetector()          # weights "normalbae" = scannet.pt (weights.WEIGHTS)
     normal_map = det(image)            # H×W×3 uint8, R = x, G = y, B = z
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from annotator.openpose.body import estimate_body
 from annotator.openpose.draw import draw_body, draw_hands
 from annotator.openpose.hand import HAND_SCALES, hand_boxes, hand_keypoints, to_image_coordinates
 from annotator.openpose.maps import averaged_maps
-from annotator.openpose.network import BODY_PAF_CHANNELS, BodyPoseNet, HandPoseNet, build_pose_network
+from annotator.openpose.network import BODY_PAF_CHANNELS, BodyPoseNet, HandPoseNet, build_pose_network, network_runner
 from weights.files import WeightFiles
 
 __all__ = ["OpenposeDetector", "Poses", "BodyPoseNet", "HandPoseNet"]
@@ -54,12 +54,7 @@ class OpenposeDetector:
         return self._hand_net
 
     def _runner(self, net):
-        def run(x: torch.Tensor) -> np.ndarray:
-            out = net(x.to(self.device))
-            out = torch.cat(out, 1) if isinstance(out, tuple) else out
-            return out.float().cpu().numpy()
-
-        return run
+        return network_runner(net, self.device)
 
     @torch.inference_mode()
     def detect(self, image: np.ndarray, hand: bool = False) -> tuple[np.ndarray, Poses]:

@@ -19,9 +19,8 @@ from annotator.openpose.draw_v11 import draw_pose
 from annotator.openpose.face import FaceNet, face_boxes, face_heatmaps, face_keypoints
 from annotator.openpose.hand import hand_boxes
 from annotator.openpose.hand_v11 import hand_points
-from annotator.openpose.maps import Runner
 from annotator.openpose.maps_v11 import body_maps
-from annotator.openpose.network import BODY_PAF_CHANNELS, BodyPoseNet, HandPoseNet, load_caffe_file
+from annotator.openpose.network import BODY_PAF_CHANNELS, BodyPoseNet, HandPoseNet, load_caffe_file, network_runner
 from annotator.weights import build_network
 
 __all__ = ["MODES", "OpenposeV11Detector", "PoseV11", "draw_pose", "normalized"]
@@ -85,13 +84,8 @@ class OpenposeV11Detector:
             self._face_net = build_network(FaceNet, "openpose_face", self.device, self.random_init, files=self.files)
         return self._face_net
 
-    def _runner(self, net: nn.Module) -> Runner:
-        def run(x: torch.Tensor) -> np.ndarray:
-            out = net(x.to(self.device))
-            out = torch.cat(out, 1) if isinstance(out, tuple) else out
-            return out.float().cpu().numpy()
-
-        return run
+    def _runner(self, net):
+        return network_runner(net, self.device)
 
     @torch.inference_mode()
     def detect(self, image: np.ndarray, hand: bool = False, face: bool = False) -> PoseV11:

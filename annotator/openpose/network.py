@@ -123,3 +123,13 @@ def load_caffe_file(net: nn.Module, path: str | Path) -> nn.Module:
 def build_pose_network(make, weight_key: str, device: str, random_init: bool, files: WeightFiles | None = None) -> nn.Module:
     """Like `annotator.weights.build_network`, for files with flat Caffe names."""
     return build_network(make, weight_key, device, random_init, files, load=load_caffe_file, skip_init=True)
+
+
+def network_runner(net: nn.Module, device: str):
+    """`run(x) -> maps` for the estimators: the network's outputs (concatenated when it has two) as float32 numpy."""
+    def run(x: torch.Tensor):
+        out = net(x.to(device))
+        out = torch.cat(out, 1) if isinstance(out, tuple) else out
+        return out.float().cpu().numpy()
+
+    return run

@@ -18,3 +18,7 @@ class ZoeConfig:
 
 
 ZOED_M12_N = ZoeConfig()
+# Built for random weights (tests, `--tiny`): outputs are noise either way, and the full-size BEiT-L would take
+# about a minute per call on a CPU. The published layout is checked separately, on the meta device.
+RANDOM_INIT = ZoeConfig(width=64, depth=4, heads=4, taps=(0, 1, 2, 3), channels=(16, 32, 64, 64), features=32,
+                        num_classes=10)

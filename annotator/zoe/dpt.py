@@ -12,22 +12,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from annotator.midas.network import ProjectReadout  # the same readout as MiDaS v3.0
 from annotator.zoe.beit import Beit
 from annotator.zoe.config import ZoeConfig
 
 HEAD_CHANNELS = 32  # channels of the last hidden map of the depth head, read by ZoeDepth
-
-
-class ProjectReadout(nn.Module):
-    """Patch tokens concatenated with the class token, projected back to the token width (GELU)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.project = nn.Sequential(nn.Linear(2 * width, width), nn.GELU())
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, 1:]
-        return self.project(torch.cat([patches, tokens[:, :1].expand_as(patches)], -1))
 
 
 class Reassemble(nn.Sequential):
