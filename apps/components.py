@@ -37,29 +37,39 @@ class CheckedImage(gr.Image):
             raise user_error(err) from None
 
 
-class Labelled:
+def labelled(component: gr.components.Component, preprocess, payload: Any) -> Any:
     """Gradio's own range and choice checks (they run before the app's), with the control's label in the message."""
+    try:
+        return preprocess(payload)
+    except gr.Error as err:
+        raise gr.Error(f"{component.label}: {err.message}", title="Cannot run") from None
 
-    is_template = True  # rendered by the frontend's component of the Gradio base class
+
+# Each subclass names its Gradio base directly: Gradio renders a template component with the frontend of its
+# first base class, so the shared check is a function rather than a mixin.
+class Slider(gr.Slider):
+    is_template = True
 
     def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)
-        except gr.Error as err:
-            raise gr.Error(f"{self.label}: {err.message}", title="Cannot run") from None
+        return labelled(self, super().preprocess, payload)
 
 
-class Slider(Labelled, gr.Slider):
-    pass
+class Number(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return labelled(self, super().preprocess, payload)
 
 
-class Number(Labelled, gr.Number):
-    pass
+class Dropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return labelled(self, super().preprocess, payload)
 
 
-class Dropdown(Labelled, gr.Dropdown):
-    pass
+class Radio(gr.Radio):
+    is_template = True
 
-
-class Radio(Labelled, gr.Radio):
-    pass
+    def preprocess(self, payload: Any) -> Any:
+        return labelled(self, super().preprocess, payload)
