@@ -367,7 +367,7 @@ def test_module_names_for_other_configs(yaml_name, override):
     import yaml
     from diffusers.loaders import single_file_utils as sfu
 
-    from cldm.cldm import ControlLDM
+    from cldm.control_ldm import ControlLDM
     from cldm.config import parse_config
 
     original = yaml.safe_load((Path(__file__).parents[1] / "models" / yaml_name).read_text())
