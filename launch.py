@@ -33,6 +33,9 @@ def model_options() -> argparse.ArgumentParser:
     group.add_argument("--models-dir", type=Path, default=None,
                        help="where weight files are looked for before the Hugging Face cache (default: models/)")
     group.add_argument("--offline", action="store_true", help="never download; use local files and the Hugging Face cache only")
+    group.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                       help="an SD 1.5 LoRA file (kohya/A1111 or diffusers/PEFT), merged at SCALE (default 1); "
+                            "repeatable. The pages also offer every file in models/lora/")
     group.add_argument("--tiny", action="store_true",
                        help="tiny random-weight model and random annotators, no files (for tests: outputs are noise)")
     return parser
@@ -57,8 +60,8 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
 
 
 def generate_parser() -> argparse.ArgumentParser:
-    from apps.controls import (A_PROMPT, DEFAULT_SAMPLER, ETA, IMAGE_RESOLUTION, N_PROMPT, NUM_SAMPLES, SAMPLER_CHOICES,
-                               SCALE, SEED, STEPS, STRENGTH)
+    from apps.controls import (A_PROMPT, DEFAULT_SAMPLER, ETA, FAST_SCALE, FAST_STEPS, IMAGE_RESOLUTION, N_PROMPT,
+                               NUM_SAMPLES, SAMPLER_CHOICES, SCALE, SEED, STEPS, STRENGTH)
     from apps.registry import APPS
 
     def ranged(param) -> str:
@@ -74,15 +77,17 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--n", type=int, default=NUM_SAMPLES.default, help=f"images per input: {ranged(NUM_SAMPLES)}")
-    parser.add_argument("--steps", type=int, default=STEPS.default, help=ranged(STEPS))
+    parser.add_argument("--steps", type=int, default=None, help=f"{ranged(STEPS)}; with --fast {ranged(FAST_STEPS)}")
     parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=[name for _, name in SAMPLER_CHOICES],
                         help=f"sampling method (default {DEFAULT_SAMPLER}, the original's)")
     parser.add_argument("--seed", type=int, default=SEED.default, help=f"{ranged(SEED)}; -1: random")
     parser.add_argument("--image-resolution", type=int, default=IMAGE_RESOLUTION.default, help=ranged(IMAGE_RESOLUTION))
     parser.add_argument("--strength", type=float, default=STRENGTH.default, help=ranged(STRENGTH))
-    parser.add_argument("--scale", type=float, default=SCALE.default, help=ranged(SCALE))
+    parser.add_argument("--scale", type=float, default=None, help=f"{ranged(SCALE)}; with --fast {ranged(FAST_SCALE)}")
     parser.add_argument("--eta", type=float, default=ETA.default, help=ranged(ETA))
     parser.add_argument("--guess-mode", action="store_true")
+    parser.add_argument("--fast", action="store_true",
+                        help="the Fast preset: LCM-LoRA merged, the LCM sampler, fewer steps, guidance 1")
     parser.add_argument("--a-prompt", default=A_PROMPT)
     parser.add_argument("--n-prompt", default=N_PROMPT)
     parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's 1.0 file)")
@@ -91,25 +96,31 @@ def generate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_backend(args: argparse.Namespace):
-    """The shared model and the detectors, finding weights in --models-dir first, never downloading if --offline."""
-    from apps.backend import Backend
+def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
+    """The shared model and the detectors, finding weights in --models-dir first, never downloading if --offline;
+    the LoRA files offered: --lora ones (preselected) and those in `lora_folder`."""
+    from apps.backend import Backend, find_loras
     from cldm.shared_model import SharedModel
     from weights.files import WeightFiles
 
     files = WeightFiles(search_dirs=[args.models_dir] if args.models_dir else [], offline=True if args.offline else None)
-    return Backend(SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory,
-                               tiny=args.tiny))
+    try:
+        lora_files, chosen = find_loras(args.lora, lora_folder)
+    except FileNotFoundError as err:
+        raise SystemExit(f"launch.py: error: {err}") from None
+    shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny)
+    return Backend(shared, lora_files, chosen)
 
 
 def serve(args: argparse.Namespace) -> int:
+    from apps.backend import LORA_DIR
     from apps.builder import CSS, MAX_UPLOAD, build_demo
     from apps.pages import PAGES
 
     if args.max_queue < 1:
         raise SystemExit("--max-queue must be at least 1")
     pages = list(PAGES.values()) if args.app == "all" else [PAGES[args.app]]
-    demo = build_demo(pages, make_backend(args))
+    demo = build_demo(pages, make_backend(args, LORA_DIR))
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
                 ssr_mode=False, show_error=False, max_file_size=MAX_UPLOAD, css=CSS)
@@ -120,6 +131,9 @@ def generate(args: argparse.Namespace) -> int:
     import numpy as np
     import PIL.Image
 
+    from dataclasses import replace
+
+    from apps.controls import check_choices
     from apps.errors import USER_ERRORS, InvalidInput
     from apps.images import read_image
     from apps.registry import APPS
@@ -134,6 +148,11 @@ def generate(args: argparse.Namespace) -> int:
         inputs = [args.image]
     else:
         return fail(f"{args.image}: no such file or folder")
+    from apps.controls import FAST_SCALE, FAST_STEPS, SCALE, STEPS
+
+    steps, scale = (FAST_STEPS, FAST_SCALE) if args.fast else (STEPS, SCALE)
+    args.steps = steps.default if args.steps is None else args.steps
+    args.scale = scale.default if args.scale is None else args.scale
     values = {"num_samples": args.n, "image_resolution": args.image_resolution, "strength": args.strength,
               "guess_mode": args.guess_mode, "ddim_steps": args.steps, "scale": args.scale, "seed": args.seed,
               "eta": args.eta, **{p.name: p.default for p in spec.extras}}
@@ -143,13 +162,15 @@ def generate(args: argparse.Namespace) -> int:
         if not sep or name not in known:
             return fail(f"--param {item!r}: expected NAME=VALUE with NAME one of: {', '.join(sorted(known)) or 'none for this app'}")
         values[name] = value.lower() in ("1", "true", "yes", "on") if isinstance(values[name], bool) else value
+    backend = make_backend(args)
     try:
-        request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights, args.sampler)
+        choices = replace(check_choices(args.sampler, args.fast), loras=tuple(
+            (str(backend.lora_files[name]), scale) for name, scale in backend.preselected_loras))
+        request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights, choices)
         images = [read_image(path) for path in inputs]
     except InvalidInput as err:
         return fail(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
-    backend = make_backend(args)
     for path, image in zip(inputs, images):
         try:
             result = run_app(spec, backend, {"layers": [], "composite": image} if spec.canvas else image, request)

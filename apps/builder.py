@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import gradio as gr
@@ -22,7 +22,9 @@ from annotator.registry import REGISTRY, Param
 from annotator.util import check_image, resize_image
 from apps.backend import Backend
 from apps.components import CheckedImage, Dropdown, Number, Slider, user_error
-from apps.controls import A_PROMPT, DEFAULT_SAMPLER, N_PROMPT, SAMPLER_CHOICES, SEED, check_param, sampler_summary
+from apps.controls import (A_PROMPT, DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, N_PROMPT, SAMPLER_CHOICES, SCALE,
+                           SEED, STEPS, check_choices, check_param, sampler_summary)
+from cldm.limits import FAST_SAMPLER
 from apps.errors import USER_ERRORS, InvalidInput
 from apps.spec import AnnotatorSection, AppResult, AppSpec, run_app, validate
 from cldm.ddim import SamplingCancelled
@@ -115,13 +117,42 @@ def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
     return sketch
 
 
-def sampler_dropdown(elem_id: str) -> Dropdown:
-    return Dropdown(label="Sampler", choices=SAMPLER_CHOICES, value=DEFAULT_SAMPLER, elem_id=elem_id,
-                    info="DDIM is the original's; eta applies to DDIM only")
+FAST_SWITCH = "-fast"  # elem_id suffix of every page's Fast switch
 
 
-def result_line(seed: int, sampler: str, steps: int) -> str:
-    return f"Seed used: **{seed}** · {sampler_summary(sampler, steps)}"
+def fast_switch(prefix: str) -> gr.Checkbox:
+    """Off when built, so the API's default stays the original's settings; `build_demo` switches it on when the
+    page loads in a browser on a CPU (`Backend.fast_by_default`)."""
+    return gr.Checkbox(label="Fast: LCM-LoRA, LCM sampler, 4 steps, guidance 1", value=False,
+                       elem_id=prefix + FAST_SWITCH, info="Off: the original's settings (DDIM, 20 steps, guidance 9)")
+
+
+def choice_inputs(backend: Backend, prefix: str) -> list[gr.components.Component]:
+    """Sampler, LoRA files and LoRA scale (inside Advanced options), in the order `check_choices` takes them."""
+    sampler = Dropdown(label="Sampler", choices=SAMPLER_CHOICES, value=DEFAULT_SAMPLER, elem_id=f"{prefix}-sampler",
+                       info="DDIM is the original's; eta applies to DDIM only; Fast uses LCM")
+    loras = Dropdown(label="LoRA", choices=list(backend.lora_files), value=[n for n, _ in backend.preselected_loras],
+                     multiselect=True, elem_id=f"{prefix}-loras",
+                     info="files in models/lora/ or given with --lora; merged into the base for this request")
+    scale = max((s for _, s in backend.preselected_loras), default=LORA_SCALE.default)
+    return [sampler, loras, param_component(replace(LORA_SCALE, default=scale), f"{prefix}-lora_scale")]
+
+
+def wire_fast(fast: gr.Checkbox, steps: gr.components.Component, scale: gr.components.Component,
+              sampler: gr.components.Component) -> None:
+    """Switching Fast sets Steps and Guidance Scale to the preset's values and ranges (or back) and the sampler."""
+
+    def toggle(on: bool):
+        s, g = (FAST_STEPS, FAST_SCALE) if on else (STEPS, SCALE)
+        return (gr.Slider(minimum=s.minimum, maximum=s.maximum, value=s.default),
+                gr.Slider(minimum=g.minimum, maximum=g.maximum, value=g.default),
+                gr.Dropdown(value=FAST_SAMPLER if on else DEFAULT_SAMPLER, interactive=not on))
+
+    fast.change(toggle, fast, [steps, scale, sampler], queue=False, api_visibility="private")
+
+
+def result_line(seed: int, sampler: str, steps: int, fast: bool = False) -> str:
+    return f"Seed used: **{seed}** · {sampler_summary(sampler, steps)}" + (" · Fast (LCM-LoRA)" if fast else "")
 
 
 def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T]) -> T:
@@ -162,13 +193,14 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id=f"{name}-run")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"{name}-stop")
+            fast = fast_switch(name)
             with gr.Accordion("Advanced options", open=False, elem_id=f"{name}-advanced"):
                 controls = [param_component(p, f"{name}-{p.name}") for p in spec.controls]
                 a_prompt = gr.Textbox(label="Added Prompt", value=A_PROMPT)
                 n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
                 weights = Dropdown(label="ControlNet weights", choices=spec.weight_choices(), value=spec.weights[0],
                                    elem_id=f"{name}-weights")
-                sampler = sampler_dropdown(f"{name}-sampler")
+                choices = choice_inputs(backend, name)
         with gr.Column():
             gallery = gr.Gallery(label="Output", show_label=False, elem_id=f"{name}-gallery", columns=2, height="auto",
                                  object_fit="contain", format="png")
@@ -179,18 +211,20 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
 
     def process(cancel: CancelToken, image_value, prompt_value, *rest, progress=gr.Progress()):
         values = dict(zip(names, rest[: len(names)]))
-        a_value, n_value, weights_value, sampler_value = rest[len(names):]
+        a_value, n_value, weights_value, fast_value, *choice_values = rest[len(names):]
 
         def work(on_step, on_status) -> AppResult:
-            request = validate(spec, values, prompt_value, a_value, n_value, weights_value, sampler_value)
+            choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
+            request = validate(spec, values, prompt_value, a_value, n_value, weights_value, choices)
             on_status("Detecting the control map")
             return run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status)
 
         result = guarded_run(cancel, progress, work)
         gallery_items = [(result.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
-        return gallery_items, result_line(result.seed, result.sampler, result.steps), status_line()
+        return gallery_items, result_line(result.seed, result.sampler, result.steps, result.fast), status_line()
 
-    inputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights, sampler]
+    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices[0])
+    inputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights, fast, *choices]
     outputs = [gallery, seed_used, status]
     clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
     submitted = prompt.submit(process, inputs, outputs, api_visibility="private", concurrency_id="generate")
@@ -285,6 +319,11 @@ def build_demo(pages: Sequence[Page], backend: Backend, title: str = "ControlNet
                 for page in pages:
                     with gr.Tab(page.title, id=page.name, elem_id=f"tab-{page.name}"):
                         page.build(backend, status_line)
+
+        if backend.fast_by_default:
+            switches = [b for b in demo.blocks.values()
+                        if isinstance(b, gr.Checkbox) and str(b.elem_id).endswith(FAST_SWITCH)]
+            demo.load(lambda: [True] * len(switches), None, switches, queue=False, api_visibility="private")
 
         def status() -> dict:
             """The shared model's state: base loads, ControlNet reads per file, the active weights."""

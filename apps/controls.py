@@ -2,6 +2,9 @@
 and the server-side check of a value sent for any control."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from annotator.registry import Param
@@ -36,6 +39,53 @@ BEFORE_EXTRAS = (NUM_SAMPLES, IMAGE_RESOLUTION, STRENGTH, GUESS_MODE)
 AFTER_EXTRAS = (STEPS, SCALE, SEED, ETA)
 SAMPLER_CHOICES = [(s.label, s.name) for s in SAMPLERS.values()]
 DEFAULT_SAMPLER = limits.DEFAULT_SAMPLER
+# The Fast preset's ranges for the same two controls (same names and labels).
+FAST_STEPS = replace(STEPS, default=limits.FAST_STEPS.default, minimum=limits.FAST_STEPS.minimum,
+                     maximum=limits.FAST_STEPS.maximum)
+FAST_SCALE = replace(SCALE, default=limits.FAST_GUIDANCE_SCALE.default, minimum=limits.FAST_GUIDANCE_SCALE.minimum,
+                     maximum=limits.FAST_GUIDANCE_SCALE.maximum)
+LORA_SCALE = Param("lora_scale", "LoRA scale", 1.0, 0.0, 2.0, 0.05)
+
+
+def with_fast_ranges(params: tuple[Param, ...], fast: bool) -> tuple[Param, ...]:
+    """`params` with Steps and Guidance Scale in the Fast preset's ranges when `fast`."""
+    if not fast:
+        return params
+    swap = {STEPS.name: FAST_STEPS, SCALE.name: FAST_SCALE}
+    return tuple(swap.get(p.name, p) for p in params)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """How a request samples: the sampler, the Fast preset, the LoRAs merged ((name or path, scale) pairs)."""
+
+    sampler: str = DEFAULT_SAMPLER
+    fast: bool = False
+    loras: tuple[tuple[str, float], ...] = ()
+
+    def all_loras(self) -> tuple[tuple[str, float], ...]:
+        """The LoRAs to merge: the chosen ones, plus the LCM-LoRA with Fast."""
+        return self.loras + (((limits.FAST_LORA, 1.0),) if self.fast else ())
+
+
+def check_choices(sampler: Any = None, fast: Any = False, loras: Any = None, lora_scale: Any = LORA_SCALE.default,
+                  lora_files: Mapping[str, Path] | None = None) -> Choices:
+    """The sampler (Fast: always LCM), the Fast switch and the chosen LoRA files (names offered by the server)."""
+    if fast is None:
+        fast = False
+    if not isinstance(fast, bool):
+        raise InvalidInput(f"Fast: expected true or false, got {fast!r}")
+    sampler = limits.FAST_SAMPLER if fast else check_sampler(sampler)
+    names = [] if loras in (None, "") else ([loras] if isinstance(loras, str) else loras)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise InvalidInput(f"LoRA: expected a list of file names, got {loras!r}")
+    offered = lora_files or {}
+    unknown = [n for n in names if n not in offered]
+    if unknown:
+        raise InvalidInput(f"LoRA: {', '.join(map(repr, unknown))} not offered; choose from "
+                           f"{', '.join(offered) or 'none (put files in models/lora/ or start with --lora FILE)'}")
+    scale = check_param(LORA_SCALE, lora_scale)
+    return Choices(sampler, fast, tuple((str(offered[n]), scale) for n in dict.fromkeys(names)))
 
 
 def check_param(param: Param, value: Any) -> Any:

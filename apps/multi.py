@@ -9,9 +9,10 @@ import gradio as gr
 
 from annotator.registry import REGISTRY
 from apps.backend import Backend
-from apps.builder import CancelToken, CheckedImage, Dropdown, Page, guarded_run, param_component, result_line, sampler_dropdown
+from apps.builder import (CancelToken, CheckedImage, Dropdown, Page, choice_inputs, fast_switch, guarded_run, param_component,
+                          result_line, wire_fast)
 from apps.components import Radio
-from apps.controls import A_PROMPT, END, N_PROMPT, START, STRENGTH
+from apps.controls import A_PROMPT, END, N_PROMPT, SCALE, START, STEPS, STRENGTH, check_choices
 from apps.multi_request import (ANNOTATOR_APPS, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest, MultiResult, Unit,
                                 check_unit, run_multi, units_from_json, validate_multi)
 from cldm.control import ControlMode
@@ -68,11 +69,12 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id=f"{NAME}-run")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"{NAME}-stop")
+            fast = fast_switch(NAME)
             with gr.Accordion("Advanced options", open=False, elem_id=f"{NAME}-advanced"):
                 controls = [param_component(p, f"{NAME}-{p.name}") for p in COMMON]
                 a_prompt = gr.Textbox(label="Added Prompt", value=A_PROMPT)
                 n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
-                sampler = sampler_dropdown(f"{NAME}-sampler")
+                choices = choice_inputs(backend, NAME)
             gr.Markdown("A unit is active at sampling step i of n when start ≤ i/n < end. Units whose image has "
                         "another aspect ratio are stretched to the first unit's size.")
         with gr.Column():
@@ -89,10 +91,11 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
 
     def respond(cancel: CancelToken, make_units: Callable[[], list[Unit]], prompt_value, rest, progress):
         values = dict(zip(names, rest[: len(names)]))
-        a_value, n_value, mode_value, sampler_value = rest[len(names):]
+        a_value, n_value, mode_value, fast_value, *choice_values = rest[len(names):]
 
         def work(on_step, on_status) -> tuple[MultiRequest, MultiResult]:
-            request = validate_multi(make_units(), values, prompt_value, a_value, n_value, mode_value, sampler_value)
+            choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
+            request = validate_multi(make_units(), values, prompt_value, a_value, n_value, mode_value, choices)
             on_status("Detecting the control maps")
             return request, run_multi(backend, request, on_step=on_step, on_status=on_status)
 
@@ -100,7 +103,7 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
         maps = [(m, f"unit {u.number}: " + ("the image (no annotator)" if u.annotator == NO_ANNOTATOR else f"{u.annotator} map"))
                 for u, m in zip(request.units, result.maps)]
         samples = [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
-        line = result_line(result.seed, request.sampler, request.values["ddim_steps"])
+        line = result_line(result.seed, request.choices.sampler, request.values["ddim_steps"], request.choices.fast)
         return maps + samples, line, f"{status_line()} · {_bank_text(backend.bank)}"
 
     def process_page(cancel: CancelToken, *args, progress=gr.Progress()):
@@ -116,7 +119,8 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
     def process_api(cancel: CancelToken, units, images, prompt_value, *rest, progress=gr.Progress()):
         return respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)
 
-    common = [prompt, *controls, a_prompt, n_prompt, mode, sampler]
+    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices[0])
+    common = [prompt, *controls, a_prompt, n_prompt, mode, fast, *choices]
     outputs = [gallery, seed_used, status]
     page_inputs = [token, *(c for unit in unit_inputs for c in unit), *common]
     events = [

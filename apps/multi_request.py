@@ -18,8 +18,8 @@ import numpy as np
 from annotator.registry import REGISTRY, available
 from annotator.util import AnnotatorInputError, check_image, resize_image
 from apps.backend import Backend
-from apps.controls import (END, ETA, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED, START, STEPS, STRENGTH, check_param,
-                           check_sampler, check_text)
+from apps.controls import (END, ETA, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED, START, STEPS, STRENGTH, Choices,
+                           check_param, check_text, with_fast_ranges)
 from apps.errors import InvalidInput
 from apps.images import read_image
 from apps.registry import APPS
@@ -66,7 +66,7 @@ class MultiRequest:
     a_prompt: str
     n_prompt: str
     mode: ControlMode
-    sampler: str
+    choices: Choices
 
 
 def check_unit(number: int, image: Any, annotator: Any, weights: Any = None, strength: Any = STRENGTH.default,
@@ -110,7 +110,7 @@ def _unit_params(annotator: str, params: Any) -> dict[str, Any]:
 
 
 def validate_multi(units: Sequence[Unit], values: Mapping[str, Any], prompt: Any, a_prompt: Any, n_prompt: Any,
-                   mode: Any, sampler: Any = None) -> MultiRequest:
+                   mode: Any, choices: Choices = Choices()) -> MultiRequest:
     """Check the common values of a request whose units were checked with `check_unit`."""
     if not units:
         raise InvalidInput("No input image: upload an image for at least one unit.")
@@ -120,12 +120,12 @@ def validate_multi(units: Sequence[Unit], values: Mapping[str, Any], prompt: Any
         raise InvalidInput(f"Control mode: {mode!r} is not one of {', '.join(m.value for m in ControlMode)}")
     return MultiRequest(
         units=tuple(units),
-        values={p.name: check_param(p, values.get(p.name)) for p in COMMON},
+        values={p.name: check_param(p, values.get(p.name)) for p in with_fast_ranges(COMMON, choices.fast)},
         prompt=check_text("Prompt", prompt),
         a_prompt=check_text("Added Prompt", a_prompt),
         n_prompt=check_text("Negative Prompt", n_prompt),
         mode=ControlMode(mode),
-        sampler=check_sampler(sampler),
+        choices=choices,
     )
 
 
@@ -196,10 +196,10 @@ def run_multi(backend: Backend, request: MultiRequest,
         size = control.shape[:2]
         controls.append(control)
         shown.append(display)
-    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.sampler)
+    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.choices.sampler)
     callback = None if on_step is None else (lambda i, total, x, x0: on_step(i + 1, total))
     status("Loading the ControlNets")
-    with backend.bank.hold([u.weights for u in request.units]) as (model, nets):
+    with backend.bank.hold([u.weights for u in request.units], request.choices.all_loras()) as (model, nets):
         units = [ControlUnit(nets[u.weights], c, u.strength, u.start, u.end) for u, c in zip(request.units, controls)]
         status("Sampling")
         result = generate_multi(model, units, params, request.mode, callback)

@@ -15,7 +15,7 @@ import numpy as np
 from annotator.registry import REGISTRY, Param
 from annotator.util import AnnotatorInputError, resize_image
 from apps.backend import Backend
-from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, check_param, check_sampler, check_text
+from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, Choices, check_param, check_text, with_fast_ranges
 from apps.errors import InvalidInput
 from apps.images import input_image
 from cldm.pipeline import GenerationParams, generate
@@ -108,13 +108,14 @@ class Request:
     a_prompt: str
     n_prompt: str
     weights: str
-    sampler: str
+    choices: Choices
 
 
 def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: Any, n_prompt: Any,
-             weights: Any, sampler: Any = None) -> Request:
-    """Check every value of one request of app `spec` (the server never trusts slider limits)."""
-    checked = {p.name: check_param(p, values.get(p.name)) for p in spec.controls}
+             weights: Any, choices: Choices = Choices()) -> Request:
+    """Check every value of one request of app `spec` (the server never trusts slider limits); `choices`
+    (checked with `apps.controls.check_choices`) sets the ranges of Steps and Guidance Scale under Fast."""
+    checked = {p.name: check_param(p, values.get(p.name)) for p in with_fast_ranges(spec.controls, choices.fast)}
     if weights is None or weights == "":
         weights = spec.weights[0]
     if weights not in spec.weights:
@@ -126,7 +127,7 @@ def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: An
         a_prompt=check_text("Added Prompt", a_prompt),
         n_prompt=check_text("Negative Prompt", n_prompt),
         weights=weights,
-        sampler=check_sampler(sampler),
+        choices=choices,
     )
 
 
@@ -161,6 +162,7 @@ class AppResult:
     seed: int
     sampler: str
     steps: int
+    fast: bool
 
 
 def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
@@ -178,10 +180,10 @@ def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
     detected = control_map(spec, backend, image, values["image_resolution"], values.get("detect_resolution"),
                            request.detector_values)
     status("Loading the model")
-    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.sampler)
+    params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.choices.sampler)
     callback = None if on_step is None else (lambda i, total, x, x0: on_step(i + 1, total))
-    with backend.model.activate(request.weights) as model:
+    with backend.model.activate(request.weights, request.choices.all_loras()) as model:
         status("Sampling")
         result = generate(model, np.ascontiguousarray(spec.to_control(detected)), params, callback)
     return AppResult(display_map=spec.display(detected), samples=result.images, seed=result.seed,
-                     sampler=params.sampler, steps=params.steps)
+                     sampler=params.sampler, steps=params.steps, fast=request.choices.fast)

@@ -48,8 +48,10 @@ class ControlBank:
         self._lock = threading.Lock()
 
     @contextmanager
-    def hold(self, keys: Sequence[str]) -> Iterator[tuple[nn.Module, dict[str, nn.Module]]]:
-        """The base model (held exclusively, as `shared.activate` does) and one ControlNet per distinct key."""
+    def hold(self, keys: Sequence[str], loras: Sequence[tuple[str, float]] = ()
+             ) -> Iterator[tuple[nn.Module, dict[str, nn.Module]]]:
+        """The base model (held exclusively, with `loras` merged, as `shared.activate` does) and one ControlNet
+        per distinct key."""
         distinct = list(dict.fromkeys(keys))
         if not distinct:
             raise ControlBankError("at least one ControlNet is needed")
@@ -63,7 +65,7 @@ class ControlBank:
             own = self.shared.active if self.shared.active in distinct else distinct[-1]
             others = [k for k in distinct if k != own]
             nets = {key: self._net(key) for key in others}
-            with self.shared.activate(own) as model:
+            with self.shared.activate(own, loras) as model:
                 device = model.device
                 for net in nets.values():
                     net.to(device)

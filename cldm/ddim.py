@@ -122,9 +122,10 @@ def guided_model_fn(denoise: Denoiser, cond: dict, uncond: Optional[dict], scale
 
     When both condition dicts have the same structure (same keys, both or neither with c_concat, same tensor
     shapes) one batched call of 2N runs ([uncond, cond]); otherwise (guess mode: unconditional without
-    control) two calls run, as in the original `ddim_hacked`. scale == 1 or no uncond: conditional only.
+    control) two calls run, as in the original `ddim_hacked`. scale <= 1 or no uncond: the conditional branch
+    only (N, not 2N: the few-step LCM settings use guidance 1, and below 1 guidance only weakens the prompt).
     """
-    if uncond is None or scale == 1.0:
+    if uncond is None or scale <= 1.0:
         return lambda x, t: denoise(x, t, cond)
     if _same_structure(uncond, cond):
         both = _concat_conds(uncond, cond)

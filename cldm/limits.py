@@ -46,5 +46,12 @@ CONTROL_START = Limit(0.0, 0.0, 1.0, 0.01)
 CONTROL_END = Limit(1.0, 0.0, 1.0, 0.01)
 
 DEFAULT_SAMPLER = "ddim"  # the original's; the others are in cldm.samplers.SAMPLERS
+
+# The Fast preset: the LCM-LoRA (Luo et al. 2023) merged into the base, the LCM sampler, a few steps and no real
+# guidance (LCM was distilled with guidance folded in; above 2 its images burn).
+FAST_STEPS = Limit(4, 2, 8, 1)
+FAST_GUIDANCE_SCALE = Limit(1.0, 1.0, 2.0, 0.1)
+FAST_SAMPLER = "lcm"
+FAST_LORA = "lcm_lora"  # the weights-table key of the LCM-LoRA for SD 1.5
 # Samplers with fewer steps than STEPS allows: LCM's schedule picks from a 50-step distillation grid.
 MAX_STEPS = {"lcm": 50}

@@ -39,9 +39,9 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from cldm.checkpoint import CheckpointError, PathLike, load_state_dict
+from cldm.control_ldm import UNET_PREFIX as UNET
 from cldm.diffusers_names import unet_module_names
 
-UNET = "model.diffusion_model."
 TEXT = "cond_stage_model.transformer."
 PEFT_METADATA = "lora_adapter_metadata"
 # Key suffix -> which part of the pair it holds.
@@ -289,6 +289,19 @@ def merge_loras(model: nn.Module, loras: Sequence[tuple[Lora, float]]) -> Merged
             weight.copy_(total.to(weight.dtype))
             parameters[path], checksums[path] = weight, _checksum(weight)
     return MergedLora(model, originals, parameters, checksums)
+
+
+def random_lora(model: nn.Module, seed: int, name: str = "random", rank: int = 4) -> Lora:
+    """A seeded random LoRA on the attention projections (q, k, v) of `model`'s UNet: what the tiny test model
+    uses where a real LoRA file cannot fit it. Its updates are of the size of the weights' own."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for path, module in model.named_modules():
+        if path.startswith(UNET) and path.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+            down = torch.randn(rank, module.in_features, generator=generator) / module.in_features**0.5
+            up = torch.randn(module.out_features, rank, generator=generator) / rank**0.5
+            pairs[path] = LoraPair(down, up, 1.0)
+    return Lora(Path(name), pairs)
 
 
 def _checksum(tensor: Tensor) -> int:

@@ -122,7 +122,7 @@ def generate_multi(model: nn.Module, units: list[ControlUnit], params: Generatio
         cond = {"c_concat": [hint_tensor(u.control_map, n, device, dtype) for u in units],
                 "c_crossattn": [model.get_learned_conditioning([params.prompt + ", " + params.a_prompt] * n)]}
         uncond = None
-        if params.scale != 1.0:
+        if params.scale > 1.0:
             uncond = {"c_concat": cond["c_concat"] if mode.controls_unconditional else None,
                       "c_crossattn": [model.get_learned_conditioning([params.n_prompt] * n)]}
         sampler = SAMPLERS[params.sampler]

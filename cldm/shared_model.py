@@ -9,22 +9,28 @@ Control weights are read with `cldm.model.load_control` (only `control_model.*` 
 so switching between apps costs a tensor copy, not a file read. `status()` reports what was loaded how
 often (the pages show it, the tests assert on it).
 
+LoRAs (`activate(key, loras=[(name, scale), ...])`, a name being a weights key such as `lcm_lora` or a file
+path) are merged into the base's UNet and text encoder (`cldm.lora`); a request with another set unmerges the
+previous one first, which restores the base bit for bit. Parsed LoRA files are cached (a few, on the CPU).
+
 `tiny=True`: the tiny model of `models/cldm_tiny.yaml` with seeded random weights (the same every run) and
 random control weights per key (seeded by the key); every weight is random and non-zero, the zero
-convolutions included, so control changes the output as real weights do. No file is read.
+convolutions included, so control changes the output as real weights do. LoRAs named by a weights key are
+seeded random ones (`cldm.lora.random_lora`). No file is read.
 """
 from __future__ import annotations
 
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from cldm.lora import Lora, MergedLora, merge_loras, random_lora, read_lora
 from cldm.model import create_model, load_base, load_control
 from weights.files import WeightFiles
 from weights.table import WEIGHTS
@@ -33,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "models" / "cldm_v15.yaml"
 TINY_CONFIG = REPO_ROOT / "models" / "cldm_tiny.yaml"
 TINY_SEED = 0
+LORA_CACHE = 4  # parsed LoRA files kept (an SD 1.5 LoRA is 10–200 MB)
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -108,6 +115,9 @@ class SharedModel:
         self.control_loads: dict[str, int] = {}  # key -> times its weights were read (cache misses)
         self.control_swaps = 0  # times the active control weights changed
         self.active: str | None = None
+        self.active_loras: tuple[tuple[str, float], ...] = ()
+        self._merged: MergedLora | None = None
+        self._loras: OrderedDict[str, Lora] = OrderedDict()
         self._model: torch.nn.Module | None = None
         self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._lock = threading.RLock()
@@ -115,15 +125,40 @@ class SharedModel:
     # ---- the model ---------------------------------------------------------------------------------------
 
     @contextmanager
-    def activate(self, key: str) -> Iterator[torch.nn.Module]:
-        """The model with the control weights `key` (a `weights.WEIGHTS` key) in place, held exclusively."""
+    def activate(self, key: str, loras: Sequence[tuple[str, float]] = ()) -> Iterator[torch.nn.Module]:
+        """The model with the control weights `key` (a `weights.WEIGHTS` key) in place and `loras` merged
+        ((name, scale) pairs; a name is a weights key or a file path), held exclusively."""
         if key not in WEIGHTS:
             raise KeyError(f"unknown weights {key!r}")
         with self._lock:
             model = self._base()
             if self.active != key:
                 self._swap(model, key)
+            self._set_loras(model, tuple((str(name), float(scale)) for name, scale in loras if scale))
             yield model
+
+    def _set_loras(self, model: torch.nn.Module, wanted: tuple[tuple[str, float], ...]) -> None:
+        if wanted == self.active_loras:
+            return
+        if self._merged is not None:
+            self._merged.unmerge()
+            self._merged, self.active_loras = None, ()
+        if wanted:
+            self._merged = merge_loras(model, [(self._lora(model, name), scale) for name, scale in wanted])
+            self.active_loras = wanted
+
+    def _lora(self, model: torch.nn.Module, name: str) -> Lora:
+        lora = self._loras.get(name)
+        if lora is None:
+            if self.tiny and name in WEIGHTS:
+                lora = random_lora(model, zlib.crc32(name.encode()), name)
+            else:
+                lora = read_lora(self.files.resolve(name) if name in WEIGHTS else Path(name), model)
+            self._loras[name] = lora
+            while len(self._loras) > LORA_CACHE:
+                self._loras.popitem(last=False)
+        self._loras.move_to_end(name)
+        return lora
 
     def _base(self) -> torch.nn.Module:
         if self._model is None:
@@ -188,4 +223,5 @@ class SharedModel:
             "control_swaps": self.control_swaps,
             "active_control": self.active,
             "cached_controls": list(self._cache),
+            "loras": [f"{name} ×{scale:g}" for name, scale in self.active_loras],
         }

@@ -16,7 +16,7 @@ from apps.annotators import SECTIONS as ANNOTATOR_SECTIONS
 from apps.pages import PAGES
 from apps.registry import APPS
 from apps.builder import TINY_BANNER
-from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server
+from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server, start_server
 
 pytestmark = pytest.mark.browser
 
@@ -241,3 +241,43 @@ def test_single_app_server(browser, image_file):
     finally:
         pg.close()
 
+
+def test_fast_is_on_by_default_on_a_cpu(browser, tmp_path):
+    """The real model (not tiny) on the CPU: the page opens with Fast on and the preset's values (no weights are
+    needed for that: the model loads on the first run)."""
+    server = start_server("--app", "canny", "--offline", "--models-dir", str(tmp_path), tiny=False)
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(server.url)
+        expect(pg.locator("#canny-fast input[type=checkbox]")).to_be_checked()
+        open_advanced(pg, "canny")
+        expect(pg.locator("#canny-ddim_steps input[type=number]")).to_have_value("4")
+        expect(pg.locator("#canny-sampler input")).to_have_value("LCM")
+        pg.screenshot(path=str(SCREENSHOTS / "fast_default.png"), full_page=True)
+    finally:
+        pg.close()
+        server.stop()
+
+
+
+def test_fast_switch_sets_the_preset_and_runs(page, image_file):
+    """Fast on: Steps 4 (range 2–8), Guidance 1, the LCM sampler; a run says so; Fast off restores the original's."""
+    name = "depth"
+    open_tab(page, name)
+    open_advanced(page, name)
+    page.locator(f"#{name}-fast input[type=checkbox]").check()
+    expect(page.locator(f"#{name}-ddim_steps input[type=number]")).to_have_value("4")
+    expect(page.locator(f"#{name}-scale input[type=number]")).to_have_value("1")
+    expect(page.locator(f"#{name}-sampler input")).to_have_value("LCM")
+    page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
+    page.locator(f"#{name}-prompt textarea").fill("a test picture")
+    set_number(page, f"{name}-image_resolution", RESOLUTION)
+    set_number(page, f"{name}-detect_resolution", DETECT_RESOLUTION)
+    set_number(page, f"{name}-ddim_steps", 2)
+    page.locator(f"#{name}-run").click()
+    expect(page.locator(f"#{name}-seed-used")).to_contain_text("LCM, 2 steps · Fast", timeout=TIMEOUT_MS)
+    page.locator(f"#{name}-fast input[type=checkbox]").uncheck()
+    expect(page.locator(f"#{name}-ddim_steps input[type=number]")).to_have_value("20")
+    expect(page.locator(f"#{name}-scale input[type=number]")).to_have_value("9")
+    expect(page.locator(f"#{name}-sampler input")).to_have_value("DDIM")
