@@ -27,7 +27,8 @@ def model_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("model")
     group.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    group.add_argument("--dtype", default=None, help="float32 (default), float16 (GPU only) or bfloat16")
+    group.add_argument("--dtype", default=None, help="float32 (default, the original's), float16 (GPU only), bfloat16, or auto: float16 on CUDA, "
+                            "bfloat16 on CPUs with AVX512-BF16/AMX, float32 elsewhere (the status line says which)")
     group.add_argument("--low-memory", action="store_true",
                        help="keep only the working modules on the GPU and cache no ControlNet copies (the original's save_memory)")
     group.add_argument("--models-dir", type=Path, default=None,

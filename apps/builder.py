@@ -7,12 +7,14 @@ model's state (what was loaded how often).
 """
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import gradio as gr
 import numpy as np
@@ -176,6 +178,35 @@ def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., 
         raise unexpected_error(err) from None
 
 
+def guarded_stream(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T]) -> Iterator[tuple[str, Any]]:
+    """`guarded_run` for `work(on_step, on_status, on_preview)` in a worker thread, so that the page can show its
+    previews while it runs: yields ("preview", (images, done, total)) as they come, then ("result", result)."""
+    events: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            result = guarded_run(cancel, progress, lambda on_step, on_status: work(
+                on_step, on_status, lambda *preview: events.put(("preview", preview))))
+            events.put(("result", result))
+        except BaseException as err:  # noqa: BLE001 - handed to the page's thread, which raises it
+            events.put(("error", err))
+
+    threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True).start()
+    while True:
+        kind, value = events.get()
+        if kind == "error":
+            raise value
+        yield kind, value
+        if kind == "result":
+            return
+
+
+def preview_update(images: list, done: int, total: int) -> tuple:
+    """Gallery, result line and status while sampling: the TAESD previews of the current step."""
+    return ([(im, f"preview after step {done} of {total}") for im in images],
+            f"Sampling: step {done} of {total} (preview)", gr.skip())
+
+
 def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
     """One generation app (the original apps' layout) inside the current Blocks/Tab context."""
     name = spec.name
@@ -213,15 +244,19 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, weights_value, fast_value, *choice_values = rest[len(names):]
 
-        def work(on_step, on_status) -> AppResult:
+        def work(on_step, on_status, on_preview) -> AppResult:
             choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
             request = validate(spec, values, prompt_value, a_value, n_value, weights_value, choices)
             on_status("Detecting the control map")
-            return run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status)
+            return run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status,
+                           on_preview=on_preview)
 
-        result = guarded_run(cancel, progress, work)
-        gallery_items = [(result.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
-        return gallery_items, result_line(result.seed, result.sampler, result.steps, result.fast), status_line()
+        for kind, value in guarded_stream(cancel, progress, work):
+            if kind == "preview":
+                yield preview_update(*value)
+                continue
+            items = [(value.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(value.samples)]
+            yield items, result_line(value.seed, value.sampler, value.steps, value.fast), status_line()
 
     wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices[0])
     inputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights, fast, *choices]

@@ -9,8 +9,8 @@ import gradio as gr
 
 from annotator.registry import REGISTRY
 from apps.backend import Backend
-from apps.builder import (CancelToken, CheckedImage, Dropdown, Page, choice_inputs, fast_switch, guarded_run, param_component,
-                          result_line, wire_fast)
+from apps.builder import (CancelToken, CheckedImage, Dropdown, Page, choice_inputs, fast_switch, guarded_stream,
+                          param_component, preview_update, result_line, wire_fast)
 from apps.components import Radio
 from apps.controls import A_PROMPT, END, N_PROMPT, SCALE, START, STEPS, STRENGTH, check_choices
 from apps.multi_request import (ANNOTATOR_APPS, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest, MultiResult, Unit,
@@ -93,18 +93,21 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, mode_value, fast_value, *choice_values = rest[len(names):]
 
-        def work(on_step, on_status) -> tuple[MultiRequest, MultiResult]:
+        def work(on_step, on_status, on_preview) -> tuple[MultiRequest, MultiResult]:
             choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
             request = validate_multi(make_units(), values, prompt_value, a_value, n_value, mode_value, choices)
             on_status("Detecting the control maps")
-            return request, run_multi(backend, request, on_step=on_step, on_status=on_status)
+            return request, run_multi(backend, request, on_step=on_step, on_status=on_status, on_preview=on_preview)
 
-        request, result = guarded_run(cancel, progress, work)
+        for kind, value in guarded_stream(cancel, progress, work):
+            if kind == "preview":
+                yield preview_update(*value)
+        request, result = value
         maps = [(m, f"unit {u.number}: " + ("the image (no annotator)" if u.annotator == NO_ANNOTATOR else f"{u.annotator} map"))
                 for u, m in zip(request.units, result.maps)]
         samples = [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
         line = result_line(result.seed, request.choices.sampler, request.values["ddim_steps"], request.choices.fast)
-        return maps + samples, line, f"{status_line()} · {_bank_text(backend.bank)}"
+        yield maps + samples, line, f"{status_line()} · {_bank_text(backend.bank)}"
 
     def process_page(cancel: CancelToken, *args, progress=gr.Progress()):
         per_unit = len(unit_inputs[0])
@@ -114,10 +117,10 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
         def make_units() -> list[Unit]:
             return [check_unit(k, *f) for k, f in enumerate(fields, start=1) if f[0] is not None]
 
-        return respond(cancel, make_units, rest[0], rest[1:], progress)
+        yield from respond(cancel, make_units, rest[0], rest[1:], progress)
 
     def process_api(cancel: CancelToken, units, images, prompt_value, *rest, progress=gr.Progress()):
-        return respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)
+        yield from respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)
 
     wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices[0])
     common = [prompt, *controls, a_prompt, n_prompt, mode, fast, *choices]

@@ -23,7 +23,7 @@ from apps.controls import (END, ETA, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED,
 from apps.errors import InvalidInput
 from apps.images import read_image
 from apps.registry import APPS
-from apps.spec import AppSpec, control_map, generation_params
+from apps.spec import AppSpec, control_map, generation_params, step_callback
 from cldm.control import ControlMode, ControlUnit
 from cldm.control_bank import MAX_UNITS
 from cldm.pipeline import generate_multi
@@ -185,7 +185,8 @@ def unit_maps(backend: Backend, unit: Unit, resolution: int, size: tuple[int, in
 
 def run_multi(backend: Backend, request: MultiRequest,
               on_step: Callable[[int, int], bool | None] | None = None,
-              on_status: Callable[[str], None] | None = None) -> MultiResult:
+              on_status: Callable[[str], None] | None = None,
+              on_preview: Callable[[list[np.ndarray], int, int], None] | None = None) -> MultiResult:
     """Detect every unit's map, then generate with all units; `on_step`/`on_status` as `apps.spec.run_app`."""
     status = on_status or (lambda text: None)
     values = request.values
@@ -197,7 +198,7 @@ def run_multi(backend: Backend, request: MultiRequest,
         controls.append(control)
         shown.append(display)
     params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.choices.sampler)
-    callback = None if on_step is None else (lambda i, total, x, x0: on_step(i + 1, total))
+    callback = step_callback(backend, on_step, on_preview)
     status("Loading the ControlNets")
     with backend.bank.hold([u.weights for u in request.units], request.choices.all_loras()) as (model, nets):
         units = [ControlUnit(nets[u.weights], c, u.strength, u.start, u.end) for u, c in zip(request.units, controls)]

@@ -19,7 +19,11 @@ from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, Choices, check_param, che
 from apps.errors import InvalidInput
 from apps.images import input_image
 from cldm.pipeline import GenerationParams, generate
+from cldm.preview import preview_images
 from weights.table import WEIGHTS
+
+
+PREVIEWS = 8  # at most this many previews per run (each costs a TAESD decode)
 
 
 def detect_resolution(label: str, default: int = 512) -> Param:
@@ -165,13 +169,31 @@ class AppResult:
     fast: bool
 
 
+def step_callback(backend: Backend, on_step: Callable[[int, int], bool | None] | None,
+                  on_preview: Callable[[list[np.ndarray], int, int], None] | None):
+    """The sampler's per-step callback: `on_step(done, total)` (False cancels), and `on_preview(images, done,
+    total)` with the predicted images decoded by TAESD, after every step of a short run and at most 8 times in all."""
+    if on_step is None and on_preview is None:
+        return None
+
+    def callback(i: int, total: int, x, x0) -> bool | None:
+        done = i + 1
+        if on_preview is not None and done < total and done % -(-total // PREVIEWS) == 0:
+            on_preview(preview_images(backend.model.taesd(), x0), done, total)
+        return None if on_step is None else on_step(done, total)
+
+    return callback
+
+
 def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
             on_step: Callable[[int, int], bool | None] | None = None,
-            on_status: Callable[[str], None] | None = None) -> AppResult:
+            on_status: Callable[[str], None] | None = None,
+            on_preview: Callable[[list[np.ndarray], int, int], None] | None = None) -> AppResult:
     """Detect, then generate: the one path shared by the pages and the CLI.
 
     `on_step(done, total)` is called after every sampling step; returning False cancels
-    (`cldm.ddim.SamplingCancelled` is raised). `on_status(text)` reports the phase.
+    (`cldm.ddim.SamplingCancelled` is raised). `on_status(text)` reports the phase; `on_preview` receives
+    TAESD previews during sampling (see `step_callback`).
     """
     status = on_status or (lambda text: None)
     image = input_image(image, canvas=spec.canvas is not None)
@@ -181,7 +203,7 @@ def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
                            request.detector_values)
     status("Loading the model")
     params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.choices.sampler)
-    callback = None if on_step is None else (lambda i, total, x, x0: on_step(i + 1, total))
+    callback = step_callback(backend, on_step, on_preview)
     with backend.model.activate(request.weights, request.choices.all_loras()) as model:
         status("Sampling")
         result = generate(model, np.ascontiguousarray(spec.to_control(detected)), params, callback)

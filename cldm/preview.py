@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cldm.checkpoint import CheckpointError, PathLike, load_state_dict
@@ -56,3 +57,10 @@ def _load(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -
     if problems:
         raise CheckpointError(path, "does not fit TAESD: " + "; ".join(problems))
     module.load_state_dict(state)
+
+
+@torch.no_grad()
+def preview_images(taesd: TAESD, latents: torch.Tensor) -> list[np.ndarray]:
+    """What the sampler's current latents (e.g. the predicted x0) look like: H×W×3 uint8 images via TAESD."""
+    pixels = taesd.decode(latents.to(next(taesd.parameters()).device)).float().clamp(-1, 1)
+    return list((pixels.permute(0, 2, 3, 1) * 127.5 + 127.5).round().to(torch.uint8).cpu().numpy())

@@ -75,6 +75,21 @@ def test_app_endpoint(client, files, name):
     assert "base loads: 1" in status_text
 
 
+def test_fast_streams_previews_then_the_result(client, files):
+    """Fast over the API (LCM-LoRA, LCM, 4 steps): the endpoint yields a TAESD preview after each of the first
+    three steps, each showing a different image, then the map and the sample."""
+    args = app_args("depth", app_input("depth", files), ddim_steps=4, scale=1.0, num_samples=1)
+    job = client.submit(*args, True, "lcm", [], 1.0, api_name="/depth")
+    final = job.result()
+    outputs = job.outputs()
+    previews = [o for o in outputs if "(preview)" in o[1]]
+    assert [o[1] for o in previews] == [f"Sampling: step {k} of 4 (preview)" for k in (1, 2, 3)]
+    images = [np.array(PIL.Image.open(p[0][0]["image"])) for p in previews]
+    assert images[0].shape == (INPUT_H, INPUT_W, 3)
+    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+    assert "LCM, 4 steps · Fast (LCM-LoRA)" in final[1] and image_sizes(final[0]) == [(INPUT_H, INPUT_W)] * 2
+
+
 def test_same_seed_same_images(client, files):
     first, _, _ = client.predict(*app_args("canny", app_input("canny", files), seed=123), api_name="/canny")
     second, _, _ = client.predict(*app_args("canny", app_input("canny", files), seed=123), api_name="/canny")

@@ -171,3 +171,13 @@ def test_bfloat16_keeps_the_schedule_in_float32():
     with SharedModel(tiny=True, device="cpu", dtype="bfloat16").activate("cn10_canny") as model:
         assert model.alphas_cumprod.dtype is torch.float32
         assert next(model.control_model.parameters()).dtype is torch.bfloat16
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch):
+    import cldm.shared_model as shared
+
+    assert pick_dtype("auto", torch.device("cuda")) is torch.float16
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(shared, "cpu_has_fast_bf16", lambda: native)
+        assert pick_dtype("auto", torch.device("cpu")) is expected
+    assert pick_dtype("auto", torch.device("mps")) is torch.float32
