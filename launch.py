@@ -87,6 +87,7 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=float, default=None, help=f"{ranged(SCALE)}; with --fast {ranged(FAST_SCALE)}")
     parser.add_argument("--eta", type=float, default=ETA.default, help=ranged(ETA))
     parser.add_argument("--guess-mode", action="store_true")
+    parser.add_argument("--fast-decode", action="store_true", help="decode the images with TAESD (faster, a little softer)")
     parser.add_argument("--fast", action="store_true",
                         help="the Fast preset: LCM-LoRA merged, the LCM sampler, fewer steps, guidance 1")
     parser.add_argument("--a-prompt", default=A_PROMPT)
@@ -165,7 +166,7 @@ def generate(args: argparse.Namespace) -> int:
         values[name] = value.lower() in ("1", "true", "yes", "on") if isinstance(values[name], bool) else value
     backend = make_backend(args)
     try:
-        choices = replace(check_choices(args.sampler, args.fast), loras=tuple(
+        choices = replace(check_choices(args.sampler, args.fast, fast_decode=args.fast_decode), loras=tuple(
             (str(backend.lora_files[name]), scale) for name, scale in backend.preselected_loras))
         request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights, choices)
         images = [read_image(path) for path in inputs]

@@ -62,6 +62,7 @@ class Choices:
     sampler: str = DEFAULT_SAMPLER
     fast: bool = False
     loras: tuple[tuple[str, float], ...] = ()
+    fast_decode: bool = False  # TAESD instead of the VAE for the final images
 
     def all_loras(self) -> tuple[tuple[str, float], ...]:
         """The LoRAs to merge: the chosen ones, plus the LCM-LoRA with Fast."""
@@ -69,12 +70,13 @@ class Choices:
 
 
 def check_choices(sampler: Any = None, fast: Any = False, loras: Any = None, lora_scale: Any = LORA_SCALE.default,
-                  lora_files: Mapping[str, Path] | None = None) -> Choices:
-    """The sampler (Fast: always LCM), the Fast switch and the chosen LoRA files (names offered by the server)."""
-    if fast is None:
-        fast = False
-    if not isinstance(fast, bool):
-        raise InvalidInput(f"Fast: expected true or false, got {fast!r}")
+                  fast_decode: Any = False, lora_files: Mapping[str, Path] | None = None) -> Choices:
+    """The sampler (Fast: always LCM), the Fast switch, the chosen LoRA files (names offered by the server) and
+    Fast decode."""
+    fast, fast_decode = (False if v is None else v for v in (fast, fast_decode))
+    for label, value in (("Fast", fast), ("Fast decode", fast_decode)):
+        if not isinstance(value, bool):
+            raise InvalidInput(f"{label}: expected true or false, got {value!r}")
     sampler = limits.FAST_SAMPLER if fast else check_sampler(sampler)
     names = [] if loras in (None, "") else ([loras] if isinstance(loras, str) else loras)
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
@@ -85,7 +87,7 @@ def check_choices(sampler: Any = None, fast: Any = False, loras: Any = None, lor
         raise InvalidInput(f"LoRA: {', '.join(map(repr, unknown))} not offered; choose from "
                            f"{', '.join(offered) or 'none (put files in models/lora/ or start with --lora FILE)'}")
     scale = check_param(LORA_SCALE, lora_scale)
-    return Choices(sampler, fast, tuple((str(offered[n]), scale) for n in dict.fromkeys(names)))
+    return Choices(sampler, fast, tuple((str(offered[n]), scale) for n in dict.fromkeys(names)), fast_decode)
 
 
 def check_param(param: Param, value: Any) -> Any:

@@ -122,7 +122,7 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
     def process_api(cancel: CancelToken, units, images, prompt_value, *rest, progress=gr.Progress()):
         yield from respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)
 
-    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices[0])
+    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices)
     common = [prompt, *controls, a_prompt, n_prompt, mode, fast, *choices]
     outputs = [gallery, seed_used, status]
     page_inputs = [token, *(c for unit in unit_inputs for c in unit), *common]

@@ -203,5 +203,6 @@ def run_multi(backend: Backend, request: MultiRequest,
     with backend.bank.hold([u.weights for u in request.units], request.choices.all_loras()) as (model, nets):
         units = [ControlUnit(nets[u.weights], c, u.strength, u.start, u.end) for u, c in zip(request.units, controls)]
         status("Sampling")
-        result = generate_multi(model, units, params, request.mode, callback)
+        decoder = backend.model.taesd() if request.choices.fast_decode else None
+        result = generate_multi(model, units, params, request.mode, callback, decoder)
     return MultiResult(maps=shown, samples=result.images, seed=result.seed)

@@ -206,6 +206,7 @@ def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
     callback = step_callback(backend, on_step, on_preview)
     with backend.model.activate(request.weights, request.choices.all_loras()) as model:
         status("Sampling")
-        result = generate(model, np.ascontiguousarray(spec.to_control(detected)), params, callback)
+        decoder = backend.model.taesd() if request.choices.fast_decode else None
+        result = generate(model, np.ascontiguousarray(spec.to_control(detected)), params, callback, decoder)
     return AppResult(display_map=spec.display(detected), samples=result.images, seed=result.seed,
                      sampler=params.sampler, steps=params.steps, fast=request.choices.fast)

@@ -1,6 +1,7 @@
 """Benchmark: our generate() vs diffusers' StableDiffusionControlNetPipeline on the same random weights (CPU).
 
     python -m bench.sampling [--threads N] [--res 256 512] [--steps 20] [--dtype float32 bfloat16]
+    python -m bench.sampling --fast [--res 512]      # the Fast preset against diffusers + LCMScheduler + LCM-LoRA
 
 Random full-size weights are built once in the official layout (every parameter non-zero, zero convolutions
 included) and written to a .pth file (torch's zip format, memory-mapped on load); a converted copy is saved in diffusers' folder layout. Each
@@ -12,6 +13,11 @@ measurement then runs in a fresh subprocess that loads its side from disk and ge
 * `maxrss`: the process's lifetime peak RSS (getrusage ru_maxrss), loading included.
 RSS counts memory-mapped weight pages that have been touched, for both sides alike.
 The machine load (os.getloadavg) is recorded before each run: on a shared 2-core box it dominates timings.
+
+`--fast` times one image with 4 LCM steps and guidance 1 (batch 1) with a random rank-64 LoRA in the kohya /
+diffusers-names layout of the LCM-LoRA merged into the UNet: (a) diffusers fp32 (`LCMScheduler`,
+`load_lora_weights` + `fuse_lora`); (b) ours with Fast in bfloat16; (c) the same with TAESD decoding (random
+weights); plus DDIM 20 steps in bfloat16 (ours) against diffusers fp32.
 """
 from __future__ import annotations
 
@@ -48,18 +54,6 @@ def control_map(res: int) -> np.ndarray:
     return img
 
 
-def randomize_(module: torch.nn.Module, seed: int) -> None:
-    """Non-zero random parameters, in place (as tests/tiny.py: fan-in scaled weights, norms near 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim >= 2:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:
-                p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
-
-
 class PeakRSS:
     """Peak resident set size of this process, sampled by a thread while the block runs."""
 
@@ -81,8 +75,9 @@ class PeakRSS:
 
 
 def prepare(work: Path, config: Path) -> None:
-    """Write ours.pth (official layout) and the diffusers folder holding the same weights."""
+    """Write ours.pth (official layout), the diffusers folder holding the same weights, and a random LoRA."""
     from cldm.model import create_model, load_state_dict
+    from cldm.shared_model import randomize_
     from tests.tiny import POSITION_IDS, hf_tokenizer, to_diffusers
 
     model = create_model(config)
@@ -95,6 +90,25 @@ def prepare(work: Path, config: Path) -> None:
     for name in ("unet", "controlnet", "vae", "text_encoder"):
         getattr(ref, name).save_pretrained(work / "diffusers" / name)
     hf_tokenizer(work / "diffusers" / "tokenizer")
+    write_lora(ref.unet, work / "lcm_lora.safetensors")
+
+
+def write_lora(unet: torch.nn.Module, path: Path, rank: int = 64) -> None:
+    """A random LoRA on every Linear and Conv2d of the UNet's blocks, kohya layout with diffusers names (as the
+    LCM-LoRA file): `lora_unet_<module path with _>.lora_down/lora_up.weight`, `.alpha`."""
+    from safetensors.torch import save_file
+
+    gen, tensors = torch.Generator().manual_seed(7), {}
+    for name, module in unet.named_modules():
+        if not name.startswith(("down_blocks", "mid_block", "up_blocks")) or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        fan_in = module.weight[0].numel()
+        kernel = module.weight.shape[2:] if module.weight.ndim == 4 else ()
+        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, *module.weight.shape[1:], generator=gen) / fan_in**0.5
+        tensors[f"{key}.lora_up.weight"] = torch.randn(module.weight.shape[0], rank, *([1] * len(kernel)), generator=gen) * 0.01
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
 
 
 def run_ours(work: Path, config: Path, res: int, steps: int, dtype: torch.dtype, warmup: int) -> dict:
@@ -126,7 +140,31 @@ def run_ours(work: Path, config: Path, res: int, steps: int, dtype: torch.dtype,
     return _record(total, stamps, rss.peak, image, eps.float())
 
 
-def run_diffusers(work: Path, res: int, steps: int, dtype: torch.dtype, warmup: int) -> dict:
+def run_ours_fast(work: Path, config: Path, res: int, dtype: torch.dtype, warmup: int, taesd: bool) -> dict:
+    from cldm.lora import merge_lora, read_lora
+    from cldm.model import create_model, load_full_checkpoint
+    from cldm.pipeline import GenerationParams, generate
+    from cldm.shared_model import randomize_
+    from ldm.taesd import TAESD
+
+    model = create_model(config, dtype=dtype, init_weights=False)
+    load_full_checkpoint(model, work / "ours.pth")
+    merge_lora(model, read_lora(work / "lcm_lora.safetensors", model), 1.0)
+    decoder = randomize_(TAESD(), 0).to(dtype).eval() if taesd else None
+    cmap = control_map(res)
+    params = GenerationParams(prompt=PROMPT, a_prompt=A_PROMPT, n_prompt=N_PROMPT, steps=4, scale=1.0, seed=SEED,
+                              image_resolution=res, sampler="lcm")
+    if warmup:
+        generate(model, cmap, GenerationParams(prompt=PROMPT, steps=1, seed=SEED, scale=1.0, sampler="lcm"), decoder=decoder)
+    stamps: list[float] = []
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        image = generate(model, cmap, params, lambda *_: stamps.append(time.perf_counter()), decoder).images[0]
+        total = time.perf_counter() - start
+    return _record(total, stamps, rss.peak, image, None)
+
+
+def run_diffusers(work: Path, res: int, steps: int, dtype: torch.dtype, warmup: int, fast: bool = False) -> dict:
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline,
                            UNet2DConditionModel)
     from PIL import Image
@@ -147,6 +185,15 @@ def run_diffusers(work: Path, res: int, steps: int, dtype: torch.dtype, warmup: 
     image = Image.fromarray(control_map(res))
     kwargs = dict(prompt=PROMPT + ", " + A_PROMPT, negative_prompt=N_PROMPT, image=image, guidance_scale=SCALE,
                   eta=0.0, output_type="np")
+    if fast:
+        from diffusers import LCMScheduler
+
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        pipe.load_lora_weights(str(work), weight_name="lcm_lora.safetensors")
+        pipe.fuse_lora(lora_scale=1.0)
+        kwargs.update(guidance_scale=1.0)
+        kwargs.pop("eta")
+        steps = 4
     if warmup:
         pipe(**kwargs, num_inference_steps=1, generator=torch.Generator().manual_seed(SEED))
     stamps: list[float] = []
@@ -181,8 +228,10 @@ def child(args: argparse.Namespace) -> None:
     res = args.res[0]
     if args.child == "ours":
         result = run_ours(work, config, res, args.steps, dtype, args.warmup)
+    elif args.child in ("ours_fast", "ours_fast_taesd"):
+        result = run_ours_fast(work, config, res, dtype, args.warmup, taesd=args.child == "ours_fast_taesd")
     else:
-        result = run_diffusers(work, res, args.steps, dtype, args.warmup)
+        result = run_diffusers(work, res, args.steps, dtype, args.warmup, fast=args.child == "diffusers_fast")
     eps = result.pop("eps")
     if eps is not None:
         torch.save(eps, work / f"eps_{args.dtype[0]}_{res}.pt")
@@ -210,7 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(ROOT / "models" / "cldm_v15.yaml"))
     parser.add_argument("--work", help="folder for the weight files, kept and reused (default: a temporary folder)")
     parser.add_argument("--warmup", type=int, default=1, help="run one 1-step generation before timing (1/0)")
-    parser.add_argument("--child", choices=["prepare", "ours", "diffusers"], help=argparse.SUPPRESS)
+    parser.add_argument("--fast", action="store_true", help="the Fast preset benchmark (see the module docstring)")
+    parser.add_argument("--child", choices=["prepare", "ours", "diffusers", "ours_fast", "ours_fast_taesd",
+                                            "diffusers_fast"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
@@ -225,16 +276,26 @@ def main(argv: list[str] | None = None) -> None:
             marker.write_text(args.config)
             print(f"prepared weights in {time.perf_counter() - t0:.0f} s", flush=True)
         for res in args.res:
+            if args.fast:
+                results = {("diffusers_fast", "float32"): spawn(args, work, "diffusers_fast", res, "float32"),
+                           ("ours_fast", "bfloat16"): spawn(args, work, "ours_fast", res, "bfloat16"),
+                           ("ours_fast_taesd", "bfloat16"): spawn(args, work, "ours_fast_taesd", res, "bfloat16"),
+                           ("diffusers", "float32"): spawn(args, work, "diffusers", res, "float32"),
+                           ("ours", "bfloat16"): spawn(args, work, "ours", res, "bfloat16")}
+                report(res, results, work, baselines={"ours_fast": "diffusers_fast", "ours_fast_taesd": "diffusers_fast",
+                                                      "ours": "diffusers"})
+                continue
             results = {("diffusers", d): spawn(args, work, "diffusers", res, d) for d in args.diffusers_dtype}
             results.update({("ours", d): spawn(args, work, "ours", res, d) for d in args.dtype})
             report(res, results, work)
 
 
-def report(res: int, results: dict, work: Path) -> None:
-    baseline = results.get(("diffusers", "float32"))
+def report(res: int, results: dict, work: Path, baselines: dict[str, str] | None = None) -> None:
+    baselines = baselines or {"ours": "diffusers"}
     for (side, dtype), r in results.items():
+        baseline = results.get((baselines.get(side), "float32"))
         ratio = f" ratio_total={r['total_s'] / baseline['total_s']:.2f} ratio_step={r['step_s'] / baseline['step_s']:.2f}" \
-            if baseline and side == "ours" else ""
+            if baseline else ""
         print(f"res={res} {side:9s} {dtype:8s} total={r['total_s']:.2f}s step={r['step_s']:.2f}s "
               f"peak_rss_gen={r['peak_rss_gen_gb']:.2f}GB maxrss={r['maxrss_gb']:.2f}GB "
               f"load_before={r['load_before']:.2f} finite={r['finite']}{ratio}", flush=True)

@@ -95,17 +95,19 @@ def check_control_map(control_map: np.ndarray, name: str = "control map") -> Non
 
 
 def generate(model: nn.Module, control_map: np.ndarray, params: GenerationParams,
-             callback: Optional[StepCallback] = None) -> GenerationResult:
+             callback: Optional[StepCallback] = None, decoder: Optional[nn.Module] = None) -> GenerationResult:
     """One ControlNet (`model.control_model`) at `params.strength`, guess mode when `params.guess_mode`."""
     unit = ControlUnit(model.control_model, control_map, params.strength)
     mode = ControlMode.GUESS if params.guess_mode else ControlMode.BALANCED
-    return generate_multi(model, [unit], params, mode, callback)
+    return generate_multi(model, [unit], params, mode, callback, decoder)
 
 
 def generate_multi(model: nn.Module, units: list[ControlUnit], params: GenerationParams, mode: ControlMode | str,
-                   callback: Optional[StepCallback] = None) -> GenerationResult:
+                   callback: Optional[StepCallback] = None, decoder: Optional[nn.Module] = None) -> GenerationResult:
     """Several ControlNets at once (see `cldm.control`); each unit's strength replaces `params.strength`, `mode`
-    replaces `params.guess_mode`. `callback(i, total, x, x0)` returning False cancels (`SamplingCancelled`)."""
+    replaces `params.guess_mode`. `callback(i, total, x, x0)` returning False cancels (`SamplingCancelled`).
+    `decoder`: another latent decoder with a `decode(latents)` giving [-1, 1] images (e.g. TAESD), instead of
+    the model's VAE."""
     if mode not in set(ControlMode):
         raise GenerationInputError(f"control mode must be one of {[m.value for m in ControlMode]}, got {mode!r}")
     mode = ControlMode(mode)
@@ -134,7 +136,7 @@ def generate_multi(model: nn.Module, units: list[ControlUnit], params: Generatio
         x_t = initial_noise((n, model.config.channels, h // down, w // down), generator, device)
         latents = sampler.sample(model_fn, x_t, timesteps, alphas_cumprod, params.eta, generator, callback)
         model.low_vram_shift(is_diffusing=False)
-        decoded = model.decode_first_stage(latents.to(dtype)).float()
+        decoded = (decoder.decode(latents) if decoder is not None else model.decode_first_stage(latents.to(dtype))).float()
     pixels = (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).cpu().numpy().clip(0, 255).astype(np.uint8)
     return GenerationResult(images=list(pixels), seed=seed)
 

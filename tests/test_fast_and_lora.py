@@ -103,3 +103,11 @@ def test_a_lora_for_another_model_is_refused_by_name(backend, tmp_path):
         with backend.model.activate("cn10_canny", [(str(bad), 1.0)]):
             pass
     assert backend.model.active_loras == ()
+
+
+def test_fast_decode_uses_taesd_for_the_final_images(backend):
+    vae = run(backend, check_choices())
+    taesd = run(backend, check_choices(fast_decode=True))
+    assert taesd.shape == vae.shape and not np.array_equal(taesd, vae)
+    with pytest.raises(InvalidInput, match="Fast decode"):
+        check_choices(fast_decode="no")
