@@ -181,3 +181,23 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
         monkeypatch.setattr(shared, "cpu_has_fast_bf16", lambda: native)
         assert pick_dtype("auto", torch.device("cpu")) is expected
     assert pick_dtype("auto", torch.device("mps")) is torch.float32
+
+
+def test_an_unreachable_hub_fails_fast_names_the_file_and_is_asked_once(monkeypatch, tmp_path):
+    import time
+
+    from huggingface_hub import constants
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "HF_HUB_OFFLINE", "ANNOTATOR_CKPTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    files = WeightFiles(search_dirs=[tmp_path, tmp_path])
+    start = time.monotonic()
+    for _ in range(2):
+        with pytest.raises(WeightsUnavailable, match="netG.pth.*the hub cannot be reached") as err:
+            files.resolve("lineart_anime")
+    assert time.monotonic() - start < 5
+    assert files.hub.probes == 1  # the second request did not wait again
+    looked = str(err.value).split("Looked in: ")[1].split(";")[0].split(", ")
+    assert len(looked) == len(set(looked)) == 3  # each folder once
