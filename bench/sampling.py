@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         print(f"threads={args.threads} steps={args.steps} cpu_count={os.cpu_count()} load={os.getloadavg()}", flush=True)
         marker = work / "prepared.txt"
         if not marker.exists() or marker.read_text() != args.config:

@@ -1,6 +1,5 @@
 """OpenPose: official key layout and file format, network parity with controlnet_aux on identical
 random weights, post-processing on synthetic network outputs, drawing, hands."""
-import math
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import torch
 from torch import nn
 
 from annotator.openpose import OpenposeDetector, Poses
-from annotator.openpose.body import LIMB_PAFS, LIMBS, estimate_body
+from annotator.openpose.body import estimate_body
 from annotator.openpose.draw import COLORS, draw_body, draw_hands
 from annotator.openpose.hand import HAND_SCALES, hand_boxes, hand_keypoints, to_image_coordinates
 from annotator.openpose.maps import PAD_VALUE, averaged_maps, pad_to_stride
@@ -16,7 +15,7 @@ from annotator.openpose.network import BodyPoseNet, HandPoseNet, load_caffe_file
 from annotator.util import AnnotatorInputError
 from annotator.weights import WeightFileError
 from weights.files import WeightsUnavailable
-from tests.annotator_nets import assert_official_layout, uninitialised
+from tests.annotator_nets import assert_official_layout, synthetic_body_maps, uninitialised
 
 NETS = {"body": BodyPoseNet, "hand": HandPoseNet}
 FILES = {"body": "body_pose_model.pth", "hand": "hand_pose_model.pth"}
@@ -123,19 +122,7 @@ PEOPLE = (PERSON, tuple((x + 18, y) for x, y in PERSON))
 
 
 def synthetic_outputs():
-    ys, xs = np.mgrid[: GRID[0], : GRID[1]].astype(np.float32)
-    heat = np.zeros((19,) + GRID, np.float32)
-    paf = np.zeros((38,) + GRID, np.float32)
-    for person in PEOPLE:
-        for part, (px, py) in enumerate(person):
-            heat[part] = np.maximum(heat[part], np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / 2))
-        for (a, b), (cx, cy) in zip(LIMBS, LIMB_PAFS):
-            (ax, ay), (bx, by) = person[a], person[b]
-            length = math.hypot(bx - ax, by - ay)
-            t = np.clip(((xs - ax) * (bx - ax) + (ys - ay) * (by - ay)) / length**2, 0, 1)
-            near = np.hypot(xs - ax - t * (bx - ax), ys - ay - t * (by - ay)) <= 1.0
-            paf[cx][near], paf[cy][near] = (bx - ax) / length, (by - ay) / length
-    return paf, heat
+    return synthetic_body_maps(PEOPLE, GRID)
 
 
 class FixedOutputs(nn.Module):

@@ -13,7 +13,6 @@ from torch import nn
 from annotator.normalbae import NormalBaeDetector, predict_normals
 from annotator.normalbae.efficientnet import same_padding
 from annotator.normalbae.network import NormalBaeNet, load_scannet
-from annotator.openpose.body import LIMB_PAFS, LIMBS
 from annotator.openpose.detector_v11 import MODES, OpenposeV11Detector, normalized
 from annotator.openpose.draw import COLORS
 from annotator.openpose.draw_v11 import draw_pose
@@ -23,7 +22,7 @@ from annotator.openpose.maps_v11 import body_input_size, hand_maps
 from annotator.openpose.network import BodyPoseNet, HandPoseNet
 from annotator.openpose.smart_resize import smart_resize, smart_resize_k
 from annotator.weights import WeightFileError, build_network, load_into
-from tests.annotator_nets import assert_official_layout, uninitialised
+from tests.annotator_nets import assert_official_layout, synthetic_body_maps, uninitialised
 
 
 class Files:
@@ -266,20 +265,8 @@ PERSON = (  # COCO-18 keypoints on the 1/8 grid (x, y)
 
 
 def synthetic_outputs(people):
-    """(PAFs (38, 23, 36), heatmaps (19, 23, 36)): a Gaussian per keypoint, unit PAFs along each limb."""
-    ys, xs = np.mgrid[: GRID[0], : GRID[1]].astype(np.float32)
-    heat = np.zeros((19,) + GRID, np.float32)
-    paf = np.zeros((38,) + GRID, np.float32)
-    for person in people:
-        for part, (px, py) in enumerate(person):
-            heat[part] = np.maximum(heat[part], np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / 2))
-        for (a, b), (cx, cy) in zip(LIMBS, LIMB_PAFS):
-            (ax, ay), (bx, by) = person[a], person[b]
-            length = math.hypot(bx - ax, by - ay)
-            t = np.clip(((xs - ax) * (bx - ax) + (ys - ay) * (by - ay)) / length**2, 0, 1)
-            near = np.hypot(xs - ax - t * (bx - ax), ys - ay - t * (by - ay)) <= 1.0
-            paf[cx][near], paf[cy][near] = (bx - ax) / length, (by - ay) / length
-    return paf, heat
+    """(PAFs (38, 23, 36), heatmaps (19, 23, 36)) for `people`."""
+    return synthetic_body_maps(people, GRID)
 
 
 class FixedBody(nn.Module):
