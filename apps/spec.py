@@ -6,6 +6,7 @@ with `generation_params`, as the single apps do.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,9 +19,13 @@ from apps.backend import Backend
 from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, Choices, check_param, check_text, with_fast_ranges
 from apps.errors import InvalidInput
 from apps.images import input_image
+from cldm.checkpoint import CheckpointError
 from cldm.pipeline import GenerationParams, generate
 from cldm.preview import preview_images
+from weights.files import WeightsUnavailable
 from weights.table import WEIGHTS
+
+log = logging.getLogger(__name__)
 
 
 PREVIEWS = 8  # at most this many previews per run (each costs a TAESD decode)
@@ -172,14 +177,22 @@ class AppResult:
 def step_callback(backend: Backend, on_step: Callable[[int, int], bool | None] | None,
                   on_preview: Callable[[list[np.ndarray], int, int], None] | None):
     """The sampler's per-step callback: `on_step(done, total)` (False cancels), and `on_preview(images, done,
-    total)` with the predicted images decoded by TAESD, after every step of a short run and at most 8 times in all."""
+    total)` with the predicted images decoded by TAESD, after every step of a short run and at most 8 times in all.
+    Previews are optional: without the TAESD file (offline, say) the run goes on without them."""
     if on_step is None and on_preview is None:
         return None
+    previews = {"on": on_preview is not None}
 
     def callback(i: int, total: int, x, x0) -> bool | None:
         done = i + 1
-        if on_preview is not None and done < total and done % -(-total // PREVIEWS) == 0:
-            on_preview(preview_images(backend.model.taesd(), x0), done, total)
+        if previews["on"] and done < total and done % -(-total // PREVIEWS) == 0:
+            try:
+                taesd = backend.model.taesd()
+            except (WeightsUnavailable, CheckpointError) as err:
+                log.warning("no previews: %s", err)
+                previews["on"] = False
+            else:
+                on_preview(preview_images(taesd, x0), done, total)
         return None if on_step is None else on_step(done, total)
 
     return callback

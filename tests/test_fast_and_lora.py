@@ -111,3 +111,21 @@ def test_fast_decode_uses_taesd_for_the_final_images(backend):
     assert taesd.shape == vae.shape and not np.array_equal(taesd, vae)
     with pytest.raises(InvalidInput, match="Fast decode"):
         check_choices(fast_decode="no")
+
+
+def test_previews_are_optional_when_taesd_cannot_be_had(backend, monkeypatch):
+    from weights.files import WeightsUnavailable
+
+    def missing():
+        raise WeightsUnavailable("TAESD: weight file 'diffusion_pytorch_model.safetensors' is missing")
+
+    seen = []
+    controls = {p.name: p.default for p in SPEC.controls} | {"image_resolution": 256, "ddim_steps": 3, "seed": 3}
+    request = validate(SPEC, controls, "a house", "", "", None, check_choices())
+    image = read_image(ROOT / "test_imgs" / "astronaut.png")
+    with_previews = run_app(SPEC, backend, image, request, on_preview=lambda *p: seen.append(p[1:]))
+    assert seen == [(1, 3), (2, 3)]
+    monkeypatch.setattr(backend.model, "taesd", missing)
+    seen.clear()
+    without = run_app(SPEC, backend, image, request, on_preview=lambda *p: seen.append(p[1:]))
+    assert seen == [] and np.array_equal(without.samples[0], with_previews.samples[0])
