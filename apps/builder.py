@@ -24,7 +24,7 @@ from annotator.registry import REGISTRY, Param
 from annotator.util import check_image, resize_image
 from apps.backend import Backend
 from apps.components import CheckedImage, Dropdown, Number, Radio, Slider, user_error
-from apps.controls import (A_PROMPT, DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, N_PROMPT, SAMPLER_CHOICES, SCALE,
+from apps.controls import (DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, SAMPLER_CHOICES, SCALE,
                            SEED, STEPS, check_choices, check_param, sampler_summary)
 from cldm.limits import FAST_SAMPLER
 from apps.errors import USER_ERRORS, InvalidInput

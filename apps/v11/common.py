@@ -20,8 +20,7 @@ from apps.backend import Backend
 from apps.controls import ETA, GUESS_MODE, IMAGE_RESOLUTION, NUM_SAMPLES, SCALE, SEED, STEPS, STRENGTH
 from apps.errors import InvalidInput
 from apps.images import input_image
-from apps.spec import (NO_PREPROCESSOR, AppSpec, Conditioning, Preprocessor, Request, detect_resolution,
-                       identity)
+from apps.spec import NO_PREPROCESSOR, AppSpec, Conditioning, Preprocessor, Request, detect_resolution
 
 A_PROMPT = "best quality"
 N_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
