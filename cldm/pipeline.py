@@ -173,14 +173,12 @@ def generate_multi(model: nn.Module, units: list[ControlUnit], params: Generatio
         timesteps = sampler.schedule(params.steps, alphas_cumprod)
         down = model.config.first_stage.downscale
         shape = (n, model.config.channels, h // down, w // down)
-        mask = None
         if init is None:
-            model.low_vram_shift(is_diffusing=True)
-            x_t = initial_noise(shape, generator, device)
-        else:
+            x_t, mask = initial_noise(shape, generator, device), None
+        else:  # encoded while the VAE is on the accelerator
             x_t, timesteps, mask = _image_start(model, init, sampler, params.steps, timesteps, alphas_cumprod,
                                                 generator, shape)
-            model.low_vram_shift(is_diffusing=True)
+        model.low_vram_shift(is_diffusing=True)
         model_fn = guided_model_fn(ControlledDenoiser(model, units, mode, timesteps), cond, uncond, params.scale)
         latents = sampler.sample(model_fn, x_t, timesteps, alphas_cumprod, params.eta, generator, callback, mask=mask)
         model.low_vram_shift(is_diffusing=False)
