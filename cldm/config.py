@@ -36,6 +36,9 @@ FIXED_MODEL_FIELDS = {"conditioning_key": "crossattn", "parameterization": "eps"
 @dataclass(frozen=True, kw_only=True)
 class ControlNetConfig(UNetBackboneConfig):
     hint_channels: int
+    # The residuals become their per-channel means over H and W (1.1 shuffle). The original yaml sets it under
+    # model.params, not with the ControlNet's own params.
+    global_average_pooling: bool = False
 
     @property
     def num_outputs(self) -> int:
@@ -118,11 +121,14 @@ def parse_config(data: Any) -> ControlLDMConfig:
             raise ConfigError(f"model.params: missing {key}")
         subs[key] = params.pop(key)
     _check_fixed(params)
+    pooling = params.pop("global_average_pooling", False)
+    if not isinstance(pooling, bool):
+        raise ConfigError(f"model.params.global_average_pooling: expected bool, got {pooling!r}")
     unet = build_config(UNetConfig, _section(subs["unet_config"], "unet_config", "unet_config"),
                         "unet_config.params", IGNORED_UNET_FIELDS)
     control = build_config(ControlNetConfig, _section(subs["control_stage_config"], "control_stage_config",
                                                       "control_stage_config"),
-                           "control_stage_config.params", IGNORED_UNET_FIELDS)
+                           "control_stage_config.params", IGNORED_UNET_FIELDS, global_average_pooling=pooling)
     text = build_config(TextEncoderConfig, _section(subs["cond_stage_config"], "cond_stage_config", "cond_stage_config",
                                                     params_required=False), "cond_stage_config.params")
     return build_config(ControlLDMConfig, params, "model.params", IGNORED_MODEL_FIELDS, unet=unet, control=control,

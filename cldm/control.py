@@ -14,7 +14,12 @@ Control modes (weights of the 13 connections, index 0 = shallowest input block �
 * "balanced" (the original's normal mode): control on both CFG branches, every weight = strength;
 * "guess" (the original's guess mode): control on the conditional branch only, weight_i = strength·0.825^(12−i);
 * "cfg_resolution_weighting" (ControlNet paper, sec. 3.4): control on the conditional branch only,
-  weight_i = strength·h_0/h_i, h_i being the latent height of connection i — 64/64, …, 64/8 for a 512 image.
+  weight_i = strength·h_0/h_i, h_i being the latent height of connection i — 64/64, …, 64/8 for a 512 image;
+* "conditional" (the 1.1 shuffle model): control on the conditional branch only, every weight = strength; the
+  unconditional branch is plain SD.
+
+Global average pooling (the 1.1 shuffle model, `ControlNet.global_average_pooling`): after weighting, each of
+that ControlNet's residuals is replaced by its mean over H and W (N×C×1×1), which the UNet's additions broadcast.
 
 Names: a *control map* is the H×W×3 uint8 image a detector makes (what the pages show); the *hint* is the
 N×3×H×W tensor in [0, 1] made from it and fed to the ControlNet (the checkpoints' `input_hint_block`).
@@ -54,7 +59,14 @@ def sum_residuals(*residual_lists: Sequence[Tensor]) -> list[Tensor]:
     """Element-wise sum of several ControlNets' (already scaled) residual lists."""
     if not residual_lists or len({len(r) for r in residual_lists}) != 1:
         raise ValueError("need one or more residual lists of equal length")
-    return [torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*residual_lists)]
+    # A pooled residual (N×C×1×1) is broadcast to the others' size.
+    return [torch.stack(torch.broadcast_tensors(*parts)).sum(0) if len(parts) > 1 else parts[0]
+            for parts in zip(*residual_lists)]
+
+
+def pool_residuals(residuals: Sequence[Tensor]) -> list[Tensor]:
+    """Global average pooling: each residual's mean over H and W, kept as N×C×1×1."""
+    return [r.mean(dim=(2, 3), keepdim=True) for r in residuals]
 
 
 def control_residuals(controls: Sequence[Control], x: Tensor, t: Tensor, context: Tensor) -> Optional[list[Tensor]]:
@@ -63,7 +75,8 @@ def control_residuals(controls: Sequence[Control], x: Tensor, t: Tensor, context
     for control in controls:
         residuals = control.net(x, control.hint, t, context)
         scales = control.scales(residuals) if callable(control.scales) else control.scales
-        weighted.append(scale_residuals(residuals, scales))
+        scaled = scale_residuals(residuals, scales)
+        weighted.append(pool_residuals(scaled) if getattr(control.net, "global_average_pooling", False) else scaled)
     return sum_residuals(*weighted) if weighted else None
 
 
@@ -71,6 +84,7 @@ class ControlMode(str, Enum):
     BALANCED = "balanced"
     GUESS = "guess"
     CFG_RESOLUTION_WEIGHTING = "cfg_resolution_weighting"
+    CONDITIONAL = "conditional"
 
     @property
     def controls_unconditional(self) -> bool:
@@ -83,7 +97,7 @@ GUESS_DECAY = 0.825
 def block_weights(mode: ControlMode, strength: float, residuals: list[Tensor]) -> list[float]:
     """Per-connection weights of one unit's residuals under `mode` (see module docstring)."""
     n = len(residuals)
-    if mode is ControlMode.BALANCED:
+    if mode in (ControlMode.BALANCED, ControlMode.CONDITIONAL):
         return [strength] * n
     if mode is ControlMode.GUESS:
         return [strength * GUESS_DECAY ** (n - 1 - i) for i in range(n)]
@@ -93,13 +107,17 @@ def block_weights(mode: ControlMode, strength: float, residuals: list[Tensor]) -
 
 @dataclass(frozen=True)
 class ControlUnit:
-    """One ControlNet (`control_model`, e.g. `model.control_model`) with its H×W×3 uint8 control map."""
+    """One ControlNet (`control_model`, e.g. `model.control_model`) with its H×W×3 uint8 control map.
+
+    `hint_mask` (H×W bool, optional): pixels whose hint is −1 in all channels instead of map/255 (the 1.1
+    inpaint model's "repaint here" marker)."""
 
     control_model: nn.Module
     control_map: np.ndarray
     strength: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    hint_mask: Optional[np.ndarray] = None
 
     def active(self, step: int, total: int) -> bool:
         return self.start <= step / total < self.end

@@ -65,6 +65,8 @@ class ControlBank:
             own = self.shared.active if self.shared.active in distinct else distinct[-1]
             others = [k for k in distinct if k != own]
             nets = {key: self._net(key) for key in others}
+            for key, net in nets.items():
+                net.global_average_pooling = WEIGHTS[key].global_average_pooling
             with self.shared.activate(own, loras) as model:
                 device = model.device
                 for net in nets.values():

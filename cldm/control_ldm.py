@@ -119,8 +119,9 @@ class ControlLDM(nn.Module):
             controls.append(Control(self.control_model, hint, self.control_scales))
         return self.eps(x_noisy, t, context, controls)
 
-    def get_learned_conditioning(self, prompts: list[str]) -> torch.Tensor:
-        return self.cond_stage_model(prompts)
+    def get_learned_conditioning(self, prompts: list[str], chunks: int = 1, clip_skip: int = 1) -> torch.Tensor:
+        """Text embeddings (N, chunks·77, width); see `ldm.clip.FrozenCLIPEmbedder`."""
+        return self.cond_stage_model(prompts, chunks=chunks, clip_skip=clip_skip)
 
     def get_unconditional_conditioning(self, n: int) -> torch.Tensor:
         if not isinstance(n, int) or n < 1:

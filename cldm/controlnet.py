@@ -32,6 +32,8 @@ class ControlNet(nn.Module):
     def __init__(self, cfg: ControlNetConfig):
         super().__init__()
         self.config = cfg
+        # Read by the control path (`cldm.control.control_residuals`); the shared model sets it per weights file.
+        self.global_average_pooling = cfg.global_average_pooling
         self.time_embed = time_embed(cfg)
         self.input_blocks, chans = input_blocks(cfg)
         self.zero_convs = nn.ModuleList(zero_conv(c) for c in chans)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from cldm.img2img import LatentMask
 from ldm.schedule import linear_betas
 
 # (x, t) -> predicted noise ε, with t a LongTensor of shape (N,).
@@ -79,17 +80,22 @@ def sample_ddim(
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
     callback: Optional[StepCallback] = None,
+    *,
+    mask: Optional[LatentMask] = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) from x = x_T over ascending `timesteps`, visited in descending order.
 
     x0̂ = (x − √(1−ᾱ_t)·ε)/√ᾱ_t;  x ← √ᾱ_prev·x0̂ + √(1−ᾱ_prev−σ²)·ε + σ·z,
     σ = eta·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev)). The update runs in float32 whatever the model's dtype.
+    `mask` (inpainting): blended in before each model call at ᾱ_t (`cldm.img2img.LatentMask`).
     """
     a_t, a_prev, sigma = ddim_coefficients(timesteps, alphas_cumprod, eta)
     x = x.float()
     total = len(timesteps)
     for i, index in enumerate(range(total - 1, -1, -1)):
         t = torch.full((x.shape[0],), int(timesteps[index]), dtype=torch.long, device=x.device)
+        if mask is not None:
+            x = mask.blend(x, float(a_t[index]), generator)
         eps = model_fn(x, t).float()
         at, ap, s = float(a_t[index]), float(a_prev[index]), float(sigma[index])
         x0 = (x - (1 - at) ** 0.5 * eps) / at**0.5

@@ -12,6 +12,7 @@ Why these ranges:
   the update takes the square root of a negative number (NaN images). eta = 1 is DDPM-like ancestral sampling.
 * steps 1–100, guidance 0.1–30, strength 0–2, 1–12 images: the original apps' sliders.
 * seed −1 (random) … 2³¹−1.
+* prompt chunks 1 or 3 (3 × 75 tokens, the 1.1 anime-lineart model's 3×77 context), CLIP skip 1 or 2.
 """
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ RANDOM_SEED_RANGE = 65535  # seed −1 draws one in [0, 65535], as the original
 
 NUM_SAMPLES = Limit(1, 1, 12, 1)
 IMAGE_RESOLUTION = Limit(512, 256, 768, 64)
+# The 1.1 tile and anime-lineart apps' slider (the original's: up to 2048). GenerationParams accepts this range;
+# each app validates its own slider's.
+LARGE_IMAGE_RESOLUTION = Limit(512, 256, 2048, 64)
+PROMPT_CHUNKS = (1, 3)  # allowed values
+CLIP_SKIPS = (1, 2)
 STRENGTH = Limit(1.0, 0.0, 2.0, 0.01)
 STEPS = Limit(20, 1, 100, 1)
 GUIDANCE_SCALE = Limit(9.0, 0.1, 30.0, 0.1)

@@ -5,6 +5,12 @@ map /255 repeated per sample (the hint), DDIM (or another sampler of `cldm.sampl
 classifier-free guidance, decode, x·127.5 + 127.5 clipped to
 uint8. Seeds drive a CPU `torch.Generator` (x_T and eta noise), so a seed gives the same images on any device;
 seed −1 draws one in [0, 65535] like the original.
+
+Starting from an image (`init`, the ControlNet 1.1 tile and inpaint apps; see `cldm.img2img`): `Img2Img` noises
+the image latent to a level set by `denoise` and samples from there; `Inpaint` samples from noise but keeps the
+unmasked latent on the noised image at every step, then pastes the generated pixels into the image with the soft
+mask. Draws from the generator, in order: the VAE posterior sample (both), the img2img noise or x_T, then per step
+the mask's re-noising draw (inpaint) and the sampler's own.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from torch import Tensor, nn
 from cldm import limits
 from cldm.control import ControlledDenoiser, ControlMode, ControlUnit
 from cldm.ddim import StepCallback, guided_model_fn, initial_noise, model_alphas_cumprod
-from cldm.samplers import SAMPLERS
+from cldm.img2img import LatentMask, composite, encode_image, hint_mask, latent_keep_mask
+from cldm.samplers import SAMPLERS, Sampler
 
 DEFAULT_A_PROMPT = "best quality, extremely detailed"
 DEFAULT_N_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
@@ -51,6 +58,8 @@ class GenerationParams:
     seed: int = limits.SEED.default
     eta: float = limits.ETA.default
     sampler: str = limits.DEFAULT_SAMPLER
+    prompt_chunks: int = 1  # 3: prompts of up to 3×75 tokens, encoded as 3×77 (the 1.1 anime-lineart model)
+    clip_skip: int = 1  # 2: the text encoder's second-to-last layer (then its final LayerNorm)
 
     def __post_init__(self) -> None:
         for name in ("prompt", "a_prompt", "n_prompt"):
@@ -64,7 +73,11 @@ class GenerationParams:
                     raise GenerationInputError(f"{name} must be {what}, got {value!r}")
         if not isinstance(self.guess_mode, (bool, np.bool_)):
             raise GenerationInputError(f"guess_mode must be true or false, got {self.guess_mode!r}")
-        for name, limit in (("num_samples", limits.NUM_SAMPLES), ("image_resolution", limits.IMAGE_RESOLUTION),
+        for name, allowed in (("prompt_chunks", limits.PROMPT_CHUNKS), ("clip_skip", limits.CLIP_SKIPS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in allowed:
+                raise GenerationInputError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        for name, limit in (("num_samples", limits.NUM_SAMPLES), ("image_resolution", limits.LARGE_IMAGE_RESOLUTION),
                             ("steps", limits.STEPS), ("strength", limits.STRENGTH), ("scale", limits.GUIDANCE_SCALE),
                             ("seed", limits.SEED), ("eta", limits.ETA)):
             _check_range(name, getattr(self, name), limit)
@@ -76,6 +89,23 @@ class GenerationParams:
 
     def resolved_seed(self) -> int:
         return random.randint(0, limits.RANDOM_SEED_RANGE) if self.seed == -1 else int(self.seed)
+
+
+@dataclass(frozen=True)
+class Img2Img:
+    """Start from `image` noised to a level set by `denoise` (1: the sampler's whole schedule, or DDIM's whole
+    less one step; see `cldm.samplers.ddim_img2img`)."""
+
+    image: np.ndarray  # H×W×3 uint8 at the output size
+    denoise: float  # (0, 1]
+
+
+@dataclass(frozen=True)
+class Inpaint:
+    """Repaint where `mask` is 1, keep `image` where it is 0 (soft in between)."""
+
+    image: np.ndarray  # H×W×3 uint8 at the output size
+    mask: np.ndarray  # H×W float32 in [0, 1], 1 = repaint, already resized to H×W and blurred by the caller
 
 
 @dataclass(frozen=True)
@@ -95,50 +125,107 @@ def check_control_map(control_map: np.ndarray, name: str = "control map") -> Non
 
 
 def generate(model: nn.Module, control_map: np.ndarray, params: GenerationParams,
-             callback: Optional[StepCallback] = None, decoder: Optional[nn.Module] = None) -> GenerationResult:
-    """One ControlNet (`model.control_model`) at `params.strength`, guess mode when `params.guess_mode`."""
-    unit = ControlUnit(model.control_model, control_map, params.strength)
-    mode = ControlMode.GUESS if params.guess_mode else ControlMode.BALANCED
-    return generate_multi(model, [unit], params, mode, callback, decoder)
+             callback: Optional[StepCallback] = None, decoder: Optional[nn.Module] = None, *,
+             mode: ControlMode | str | None = None, init: Img2Img | Inpaint | None = None) -> GenerationResult:
+    """One ControlNet (`model.control_model`) at `params.strength`; `mode` None: guess mode when
+    `params.guess_mode`, else balanced. With `init=Inpaint(...)` the hint is −1 where its mask exceeds 0.5."""
+    masked = None
+    if isinstance(init, Inpaint):
+        check_control_map(control_map)
+        _check_init(init, control_map.shape[:2])
+        masked = hint_mask(init.mask)
+    unit = ControlUnit(model.control_model, control_map, params.strength, hint_mask=masked)
+    if mode is None:
+        mode = ControlMode.GUESS if params.guess_mode else ControlMode.BALANCED
+    return generate_multi(model, [unit], params, mode, callback, decoder, init=init)
 
 
 def generate_multi(model: nn.Module, units: list[ControlUnit], params: GenerationParams, mode: ControlMode | str,
-                   callback: Optional[StepCallback] = None, decoder: Optional[nn.Module] = None) -> GenerationResult:
+                   callback: Optional[StepCallback] = None, decoder: Optional[nn.Module] = None, *,
+                   init: Img2Img | Inpaint | None = None) -> GenerationResult:
     """Several ControlNets at once (see `cldm.control`); each unit's strength replaces `params.strength`, `mode`
     replaces `params.guess_mode`. `callback(i, total, x, x0)` returning False cancels (`SamplingCancelled`).
     `decoder`: another latent decoder with a `decode(latents)` giving [-1, 1] images (e.g. TAESD), instead of
-    the model's VAE."""
+    the model's VAE. `init`: start from an image (module docstring); the units' hints are used as given (an
+    inpaint unit sets its own `hint_mask`)."""
     if mode not in set(ControlMode):
         raise GenerationInputError(f"control mode must be one of {[m.value for m in ControlMode]}, got {mode!r}")
     mode = ControlMode(mode)
     _check_units(units)
+    h, w = units[0].control_map.shape[:2]
+    sampler = SAMPLERS[params.sampler]
+    _check_init(init, (h, w), sampler)
     device, dtype = model.device, model.dtype
     alphas_cumprod = model_alphas_cumprod(model)
     seed = params.resolved_seed()
     generator = torch.Generator().manual_seed(seed)
     n = params.num_samples
-    h, w = units[0].control_map.shape[:2]
+    text = {"chunks": params.prompt_chunks, "clip_skip": params.clip_skip}
 
     with torch.no_grad():
         model.low_vram_shift(is_diffusing=False)
-        cond = {"c_concat": [hint_tensor(u.control_map, n, device, dtype) for u in units],
-                "c_crossattn": [model.get_learned_conditioning([params.prompt + ", " + params.a_prompt] * n)]}
+        cond = {"c_concat": [hint_tensor(u.control_map, n, device, dtype, u.hint_mask) for u in units],
+                "c_crossattn": [model.get_learned_conditioning([params.prompt + ", " + params.a_prompt] * n, **text)]}
         uncond = None
         if params.scale > 1.0:
             uncond = {"c_concat": cond["c_concat"] if mode.controls_unconditional else None,
-                      "c_crossattn": [model.get_learned_conditioning([params.n_prompt] * n)]}
-        sampler = SAMPLERS[params.sampler]
+                      "c_crossattn": [model.get_learned_conditioning([params.n_prompt] * n, **text)]}
         timesteps = sampler.schedule(params.steps, alphas_cumprod)
-        model_fn = guided_model_fn(ControlledDenoiser(model, units, mode, timesteps), cond, uncond, params.scale)
-
-        model.low_vram_shift(is_diffusing=True)
         down = model.config.first_stage.downscale
-        x_t = initial_noise((n, model.config.channels, h // down, w // down), generator, device)
-        latents = sampler.sample(model_fn, x_t, timesteps, alphas_cumprod, params.eta, generator, callback)
+        shape = (n, model.config.channels, h // down, w // down)
+        if init is None:
+            x_t, mask = initial_noise(shape, generator, device), None
+        else:  # encoded while the VAE is on the accelerator
+            x_t, timesteps, mask = _image_start(model, init, sampler, params.steps, timesteps, alphas_cumprod,
+                                                generator, shape)
+        model.low_vram_shift(is_diffusing=True)
+        model_fn = guided_model_fn(ControlledDenoiser(model, units, mode, timesteps), cond, uncond, params.scale)
+        latents = sampler.sample(model_fn, x_t, timesteps, alphas_cumprod, params.eta, generator, callback, mask=mask)
         model.low_vram_shift(is_diffusing=False)
         decoded = (decoder.decode(latents) if decoder is not None else model.decode_first_stage(latents.to(dtype))).float()
-    pixels = (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).cpu().numpy().clip(0, 255).astype(np.uint8)
-    return GenerationResult(images=list(pixels), seed=seed)
+    pixels = (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).cpu().numpy()
+    if isinstance(init, Inpaint):  # pasted before clipping, as the original
+        return GenerationResult(images=list(composite(pixels, init.image, init.mask)), seed=seed)
+    return GenerationResult(images=list(pixels.clip(0, 255).astype(np.uint8)), seed=seed)
+
+
+def _image_start(model: nn.Module, init: Img2Img | Inpaint, sampler: Sampler, steps: int, timesteps: Tensor,
+                 alphas_cumprod: Tensor, generator: torch.Generator, shape: tuple[int, ...]
+                 ) -> tuple[Tensor, Tensor, Optional[LatentMask]]:
+    """(x to start `sampler.sample` from, the timesteps it visits, the inpaint mask or None)."""
+    device = model.device
+    z0 = encode_image(model, init.image, shape[0], generator).to(device)
+    if isinstance(init, Img2Img):
+        begin = sampler.img2img(steps, float(init.denoise), timesteps, alphas_cumprod)
+        noise = initial_noise(shape, generator, device)
+        return sampler.start(z0, noise, begin, alphas_cumprod), begin.timesteps, None
+    keep = torch.from_numpy(latent_keep_mask(init.mask, model.config.first_stage.downscale))[None, None].to(device)
+    return initial_noise(shape, generator, device), timesteps, LatentMask(z0, keep)
+
+
+def _check_init(init: Img2Img | Inpaint | None, size: tuple[int, int], sampler: Optional[Sampler] = None) -> None:
+    if init is None:
+        return
+    if not isinstance(init, (Img2Img, Inpaint)):
+        raise GenerationInputError(f"init must be an Img2Img or an Inpaint, got {type(init).__name__}")
+    check_control_map(init.image, "init image")
+    if init.image.shape[:2] != tuple(size):
+        raise GenerationInputError(f"init image is {init.image.shape[0]}×{init.image.shape[1]}, the control map "
+                                   f"{size[0]}×{size[1]}: they must have the same size")
+    if isinstance(init, Img2Img):
+        d = init.denoise
+        if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)) or not 0.0 < d <= 1.0:
+            raise GenerationInputError(f"denoise must be a number in (0, 1], got {d!r}")
+        if sampler is not None and sampler.img2img is None:
+            raise GenerationInputError(f"the {sampler.label} sampler cannot start from an image (img2img); "
+                                       "choose another sampler")
+        return
+    m = init.mask
+    if not isinstance(m, np.ndarray) or m.ndim != 2 or m.shape != tuple(size) or not np.issubdtype(m.dtype, np.floating):
+        raise GenerationInputError(f"inpaint mask must be an H×W float array of the image's size {size[0]}×{size[1]}, "
+                                   f"got {type(m).__name__} {getattr(m, 'shape', None)} {getattr(m, 'dtype', '')}")
+    if not np.isfinite(m).all() or m.min() < 0.0 or m.max() > 1.0:
+        raise GenerationInputError("inpaint mask values must be in [0, 1]")
 
 
 def _check_units(units: list[ControlUnit]) -> None:
@@ -146,6 +233,9 @@ def _check_units(units: list[ControlUnit]) -> None:
         raise GenerationInputError("at least one control unit is needed")
     for k, unit in enumerate(units):
         check_control_map(unit.control_map, f"control map {k + 1}")
+        m = unit.hint_mask
+        if m is not None and (not isinstance(m, np.ndarray) or m.dtype != np.bool_ or m.shape != unit.control_map.shape[:2]):
+            raise GenerationInputError(f"hint mask {k + 1} must be an H×W bool array of its control map's size")
         _check_range(f"strength of control {k + 1}", unit.strength, limits.STRENGTH)
         if not 0.0 <= unit.start < unit.end <= 1.0:
             raise GenerationInputError(f"control {k + 1}: need 0 <= start < end <= 1, got start {unit.start}, end {unit.end}")
@@ -153,7 +243,11 @@ def _check_units(units: list[ControlUnit]) -> None:
         raise GenerationInputError(f"control maps differ in size: {[u.control_map.shape[:2] for u in units]}")
 
 
-def hint_tensor(control_map: np.ndarray, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The ControlNet's input: the H×W×3 uint8 map as an N×3×H×W tensor in [0, 1], repeated per sample."""
+def hint_tensor(control_map: np.ndarray, n: int, device: torch.device, dtype: torch.dtype,
+                mask: Optional[np.ndarray] = None) -> Tensor:
+    """The ControlNet's input: the H×W×3 uint8 map as an N×3×H×W tensor in [0, 1], repeated per sample; −1 in
+    every channel where the H×W bool `mask` is True."""
     hint = torch.from_numpy(control_map.copy()).to(device=device, dtype=torch.float32) / 255.0
+    if mask is not None:
+        hint[torch.from_numpy(mask).to(device)] = -1.0
     return hint.permute(2, 0, 1).unsqueeze(0).repeat(n, 1, 1, 1).to(dtype)

@@ -6,7 +6,8 @@ its timestep spacing, its initial-noise scale, its lower-order first/last steps 
 
 Shared conventions (those of `cldm.ddim.sample_ddim`):
 
-* `sample_X(model_fn, x, timesteps, alphas_cumprod, eta=0.0, generator=None, callback=None) -> Tensor`.
+* `sample_X(model_fn, x, timesteps, alphas_cumprod, eta=0.0, generator=None, callback=None, *, mask=None)
+  -> Tensor`.
 * `x` is unit Gaussian noise as drawn by `cldm.ddim.initial_noise`; the Euler samplers scale it by their largest σ.
 * `model_fn(x_in, t) -> ε`: `x_in` is the variance-preserving latent √ᾱ·x0 + √(1−ᾱ)·ε the UNet was trained on,
   float32; `t` has shape (N,) and holds one entry of `timesteps`, same value and dtype (float32 for the Euler
@@ -22,6 +23,12 @@ Shared conventions (those of `cldm.ddim.sample_ddim`):
 * `eta` is DDIM's σ scale; the other algorithms have no such parameter and ignore it (Euler a always adds its full
   ancestral noise, as in diffusers).
 * The update runs in float32 with float64 coefficients, whatever the model's dtype.
+* `mask` (inpainting, `cldm.img2img.LatentMask`): before each model call the latent is blended with the image
+  latent noised to the level the latent is at (ᾱ = 1/(1+σ²); the Euler samplers convert their x to the VP space
+  and back); one draw from `generator` per step, before the step's own noise.
+* Img2img (`Sampler.img2img`, `Sampler.start`): the sampler visits only the low-noise end of its schedule and
+  starts from the image latent noised to the level of the first visited timestep (the diffusers img2img
+  convention); DDIM keeps the original's off-by-one instead (`ddim_img2img`).
 
 Noise levels: σ = √((1−ᾱ)/ᾱ) (the "variance-exploding" σ of Karras et al. 2022); the VP latent is x/√(1+σ²),
 its signal and noise scales α = 1/√(1+σ²) and α·σ; the DPM-Solver/UniPC half log-SNR is λ = −log σ.
@@ -36,10 +43,24 @@ import torch
 from torch import Tensor
 
 from cldm.ddim import ModelFn, SamplingCancelled, StepCallback, make_ddim_timesteps, sample_ddim
+from cldm.img2img import LatentMask
 
 # (steps, ᾱ) -> ascending timesteps.
 Schedule = Callable[[int, Tensor], Tensor]
 SampleFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class Img2ImgStart:
+    """Where img2img sampling starts: the (ascending) timesteps `sample` visits, and the noise level ᾱ the image
+    latent is noised to."""
+
+    timesteps: Tensor
+    alpha_bar: float
+
+
+# (steps, denoise in (0, 1], the schedule's timesteps, ᾱ) -> the start.
+Img2ImgRule = Callable[[int, float, Tensor, Tensor], Img2ImgStart]
 
 KARRAS_RHO = 7.0
 LCM_ORIGINAL_STEPS = 50
@@ -51,13 +72,27 @@ LCM_SIGMA_DATA = 0.5
 class Sampler:
     """One registered sampler: `schedule(steps, ᾱ)` gives the ascending timesteps `sample` is called with.
 
-    `stochastic`: draws noise from the generator whatever eta (DDIM draws only when eta > 0)."""
+    `stochastic`: draws noise from the generator whatever eta (DDIM draws only when eta > 0).
+    `img2img`: where the sampler starts from an image (None: it cannot). `sigma_space`: the sampler keeps x as
+    x0 + σ·ε and scales the unit noise it is given by its largest σ (the Euler samplers)."""
 
     name: str
     label: str
     schedule: Schedule
     sample: SampleFn
     stochastic: bool
+    img2img: Optional[Img2ImgRule] = None
+    sigma_space: bool = False
+
+    def start(self, z0: Tensor, noise: Tensor, begin: Img2ImgStart, alphas_cumprod: Tensor) -> Tensor:
+        """The `x` to give `sample` (with `begin.timesteps`) so that it starts from the image latent `z0` noised
+        with `noise` to `begin.alpha_bar`: √ᾱ·z0 + √(1−ᾱ)·noise, or for a σ-space sampler z0 + σ·noise divided by
+        the σ it scales its input by."""
+        a = begin.alpha_bar
+        if not self.sigma_space:
+            return math.sqrt(a) * z0.float() + math.sqrt(1.0 - a) * noise
+        scale = float(_table_sigmas(begin.timesteps, alphas_cumprod).max())
+        return (z0.float() + math.sqrt((1.0 - a) / a) * noise) / scale
 
 
 # --- schedules ----------------------------------------------------------------------------------------------------
@@ -168,6 +203,37 @@ def lcm_timesteps(steps: int, alphas_cumprod: Tensor) -> Tensor:
     return grid[positions].flip(0)
 
 
+# --- img2img starts -----------------------------------------------------------------------------------------------
+
+
+def _check_denoise(denoise: float) -> None:
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+
+
+def ddim_img2img(steps: int, denoise: float, timesteps: Tensor, alphas_cumprod: Tensor) -> Img2ImgStart:
+    """The original's DDIM img2img: t_enc = min(int(denoise·steps), steps − 1); the latent is noised to the
+    timestep of index t_enc, then the steps of indices t_enc − 1 … 0 run.
+
+    The off-by-one is the original's (inherited from the SD img2img script) and kept for its results: the latent
+    is noised one index higher than denoising starts from. Tile defaults, 32 steps (33 timesteps 1, 32, …, 993)
+    at denoise 1: noised to t = 962, denoised from 931 down to 1 in 31 steps. t_enc = 0 (one step, or
+    denoise < 1/steps) runs no step at all: the output is the image latent slightly noised (to t = 1)."""
+    _check_denoise(denoise)
+    t_enc = min(int(denoise * steps), steps - 1)
+    return Img2ImgStart(timesteps[:t_enc], float(_f64(alphas_cumprod)[int(timesteps[t_enc])]))
+
+
+def tail_img2img(steps: int, denoise: float, timesteps: Tensor, alphas_cumprod: Tensor) -> Img2ImgStart:
+    """The diffusers img2img convention: visit the last k = max(1, int(denoise·n)) of the n timesteps (in visiting
+    order, i.e. the k lowest) and noise the image latent to the level of the first visited one."""
+    _check_denoise(denoise)
+    k = max(1, int(denoise * len(timesteps)))
+    visited = timesteps[:k]
+    sigma = float(_table_sigmas(visited, alphas_cumprod)[0])
+    return Img2ImgStart(visited, 1.0 / (1.0 + sigma * sigma))
+
+
 # --- shared step helpers ------------------------------------------------------------------------------------------
 
 
@@ -177,6 +243,19 @@ def _t(timestep: Tensor, x: Tensor) -> Tensor:
 
 def _noise(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+
+
+def _vp_blend(mask: Optional[LatentMask], x: Tensor, sigma: float, generator: Optional[torch.Generator]) -> Tensor:
+    """`mask.blend` for a VP latent at noise level σ (ᾱ = 1/(1+σ²)); x unchanged without a mask."""
+    return x if mask is None else mask.blend(x, 1.0 / (1.0 + sigma * sigma), generator)
+
+
+def _sigma_blend(mask: Optional[LatentMask], x: Tensor, sigma: float, generator: Optional[torch.Generator]) -> Tensor:
+    """`mask.blend` for a σ-space latent x = x0 + σ·ε (through the VP latent x/√(1+σ²))."""
+    if mask is None:
+        return x
+    scale = math.sqrt(1 + sigma * sigma)
+    return mask.blend(x / scale, 1.0 / (1.0 + sigma * sigma), generator) * scale
 
 
 def _report(callback: Optional[StepCallback], i: int, total: int, x: Tensor, x0: Tensor) -> None:
@@ -200,7 +279,8 @@ def _table_sigmas(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample_euler(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: Tensor, eta: float = 0.0,
-                 generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None) -> Tensor:
+                 generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None, *,
+                 mask: Optional[LatentMask] = None) -> Tensor:
     """Euler's method on the probability-flow ODE dx/dσ = ε (Karras et al. 2022, Algorithm 1 without churn).
 
     In σ-space x = x0 + σ·ε: x_T = σ_max·z (σ_max, not √(1+σ_max²), as diffusers' "linspace" init_noise_sigma);
@@ -211,6 +291,7 @@ def sample_euler(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod
     total = len(desc)
     for i in range(total):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x = _sigma_blend(mask, x, s, generator)
         eps = model_fn(x / math.sqrt(1 + s * s), _t(desc[i], x)).float()
         x0 = x - s * eps
         x = x + (s_next - s) * eps
@@ -221,7 +302,7 @@ def sample_euler(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod
 @torch.no_grad()
 def sample_euler_ancestral(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
                            eta: float = 0.0, generator: Optional[torch.Generator] = None,
-                           callback: Optional[StepCallback] = None) -> Tensor:
+                           callback: Optional[StepCallback] = None, *, mask: Optional[LatentMask] = None) -> Tensor:
     """Euler ancestral ("Euler a", k-diffusion's `sample_euler_ancestral` with eta = 1).
 
     Each step splits σ_next into a deterministic part σ_down and fresh noise σ_up with σ_down² + σ_up² = σ_next²,
@@ -233,6 +314,7 @@ def sample_euler_ancestral(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alph
     total = len(desc)
     for i in range(total):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x = _sigma_blend(mask, x, s, generator)
         eps = model_fn(x / math.sqrt(1 + s * s), _t(desc[i], x)).float()
         x0 = x - s * eps
         s_up = math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
@@ -245,8 +327,8 @@ def sample_euler_ancestral(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alph
 # --- DPM-Solver++(2M) ---------------------------------------------------------------------------------------------
 
 
-def _dpmpp_2m(model_fn: ModelFn, x: Tensor, desc: Tensor, sigmas: Tensor,
-              callback: Optional[StepCallback]) -> Tensor:
+def _dpmpp_2m(model_fn: ModelFn, x: Tensor, desc: Tensor, sigmas: Tensor, callback: Optional[StepCallback],
+              mask: Optional[LatentMask], generator: Optional[torch.Generator]) -> Tensor:
     """DPM-Solver++(2M) over descending timesteps `desc` at noise levels `sigmas` (one more: the final 0)."""
     x = x.float()
     total = len(desc)
@@ -254,6 +336,7 @@ def _dpmpp_2m(model_fn: ModelFn, x: Tensor, desc: Tensor, sigmas: Tensor,
     for i in range(total):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         a, a_next = 1 / math.sqrt(1 + s * s), 1 / math.sqrt(1 + s_next * s_next)
+        x = _vp_blend(mask, x, s, generator)
         eps = model_fn(x, _t(desc[i], x)).float()
         x0 = (x - a * s * eps) / a
         if s_next == 0:
@@ -273,18 +356,19 @@ def _dpmpp_2m(model_fn: ModelFn, x: Tensor, desc: Tensor, sigmas: Tensor,
 
 @torch.no_grad()
 def sample_dpmpp_2m(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: Tensor, eta: float = 0.0,
-                    generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None) -> Tensor:
+                    generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None, *,
+                    mask: Optional[LatentMask] = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), multistep second order in λ = −log σ.
 
     With h = λ_next − λ, r = h_prev/h: D = x0 + (x0 − x0_prev)/(2r) (D = x0 at the first step), x ← (α_next·σ_next)
     /(α·σ)·x + α_next·(1 − e^(−h))·D in the VP space; the last step (to σ = 0) returns x0. Deterministic."""
-    return _dpmpp_2m(model_fn, x, timesteps.flip(0), _table_sigmas(timesteps, alphas_cumprod), callback)
+    return _dpmpp_2m(model_fn, x, timesteps.flip(0), _table_sigmas(timesteps, alphas_cumprod), callback, mask, generator)
 
 
 @torch.no_grad()
 def sample_dpmpp_2m_karras(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
                            eta: float = 0.0, generator: Optional[torch.Generator] = None,
-                           callback: Optional[StepCallback] = None) -> Tensor:
+                           callback: Optional[StepCallback] = None, *, mask: Optional[LatentMask] = None) -> Tensor:
     """DPM-Solver++(2M) on the Karras σ schedule (`karras_noise_levels`).
 
     The solver steps between the exact Karras σ while the model sees their rounded timesteps, so `timesteps` must
@@ -293,7 +377,7 @@ def sample_dpmpp_2m_karras(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alph
     if not torch.equal(timesteps.cpu(), karras_timesteps(steps, alphas_cumprod)):
         raise ValueError("timesteps must be karras_timesteps(len(timesteps), alphas_cumprod)")
     sigmas = torch.cat([karras_noise_levels(steps, alphas_cumprod), torch.zeros(1, dtype=torch.float64)])
-    return _dpmpp_2m(model_fn, x, timesteps.flip(0), sigmas, callback)
+    return _dpmpp_2m(model_fn, x, timesteps.flip(0), sigmas, callback, mask, generator)
 
 
 # --- UniPC --------------------------------------------------------------------------------------------------------
@@ -330,7 +414,8 @@ def _unipc_update(x: Tensor, s: float, s_next: float, history: list[tuple[float,
 
 @torch.no_grad()
 def sample_unipc(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: Tensor, eta: float = 0.0,
-                 generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None) -> Tensor:
+                 generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None, *,
+                 mask: Optional[LatentMask] = None) -> Tensor:
     """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), UniP-2 + UniC, bh2, x0 model.
 
     Each step evaluates the model on the predictor's output, first corrects that output with the new evaluation
@@ -348,6 +433,7 @@ def sample_unipc(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod
     for i in range(total):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         a = 1 / math.sqrt(1 + s * s)
+        x = _vp_blend(mask, x, s, generator)
         eps = model_fn(x, _t(desc[i], x)).float()
         x0 = (x - a * s * eps) / a
         if x_before is not None:
@@ -367,7 +453,8 @@ def sample_unipc(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod
 
 @torch.no_grad()
 def sample_lcm(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: Tensor, eta: float = 0.0,
-               generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None) -> Tensor:
+               generator: Optional[torch.Generator] = None, callback: Optional[StepCallback] = None, *,
+               mask: Optional[LatentMask] = None) -> Tensor:
     """Latent Consistency Model multistep sampling (Luo et al. 2023, Algorithm 3; Song et al. 2023 §3 boundary).
 
     At t: x0̂ = (x − √(1−ᾱ_t)·ε)/√ᾱ_t, the consistency output f = c_out·x0̂ + c_skip·x with c_skip = σ_d²/(τ² + σ_d²),
@@ -380,6 +467,8 @@ def sample_lcm(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: 
     for i in range(total):
         t = int(desc[i])
         a = float(ac[t])
+        if mask is not None:
+            x = mask.blend(x, a, generator)
         eps = model_fn(x, _t(desc[i], x)).float()
         x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
         tau = LCM_TIMESTEP_SCALING * t
@@ -400,12 +489,16 @@ def sample_lcm(model_fn: ModelFn, x: Tensor, timesteps: Tensor, alphas_cumprod: 
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
-        Sampler("ddim", "DDIM", ddim_timesteps, sample_ddim, stochastic=False),
-        Sampler("euler", "Euler", linspace_timesteps, sample_euler, stochastic=False),
-        Sampler("euler_a", "Euler a", linspace_timesteps, sample_euler_ancestral, stochastic=True),
-        Sampler("dpmpp_2m", "DPM++ 2M", rounded_linspace_timesteps, sample_dpmpp_2m, stochastic=False),
+        Sampler("ddim", "DDIM", ddim_timesteps, sample_ddim, stochastic=False, img2img=ddim_img2img),
+        Sampler("euler", "Euler", linspace_timesteps, sample_euler, stochastic=False, img2img=tail_img2img,
+                sigma_space=True),
+        Sampler("euler_a", "Euler a", linspace_timesteps, sample_euler_ancestral, stochastic=True,
+                img2img=tail_img2img, sigma_space=True),
+        Sampler("dpmpp_2m", "DPM++ 2M", rounded_linspace_timesteps, sample_dpmpp_2m, stochastic=False,
+                img2img=tail_img2img),
+        # Its σ are rebuilt from the step count (see sample_dpmpp_2m_karras), so it cannot run part of its schedule.
         Sampler("dpmpp_2m_karras", "DPM++ 2M Karras", karras_timesteps, sample_dpmpp_2m_karras, stochastic=False),
-        Sampler("unipc", "UniPC", rounded_linspace_timesteps, sample_unipc, stochastic=False),
-        Sampler("lcm", "LCM", lcm_timesteps, sample_lcm, stochastic=True),
+        Sampler("unipc", "UniPC", rounded_linspace_timesteps, sample_unipc, stochastic=False, img2img=tail_img2img),
+        Sampler("lcm", "LCM", lcm_timesteps, sample_lcm, stochastic=True, img2img=tail_img2img),
     )
 }

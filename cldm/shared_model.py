@@ -150,6 +150,7 @@ class SharedModel:
             model = self._base()
             if self.active != key:
                 self._swap(model, key)
+            model.control_model.global_average_pooling = WEIGHTS[key].global_average_pooling
             self._set_loras(model, tuple((str(name), float(scale)) for name, scale in loras if scale))
             yield model
 

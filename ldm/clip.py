@@ -103,13 +103,25 @@ class CLIPTokenizer:
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         """(N, max_length) int64 ids, truncated and padded as the original FrozenCLIPEmbedder does."""
+        return self.chunked(prompts, 1)[:, 0]
+
+    def chunked(self, prompts: list[str], chunks: int) -> torch.Tensor:
+        """(N, chunks, max_length) int64 ids: each prompt's BPE ids cut into `chunks` consecutive slices of
+        max_length − 2 (75) ids, each slice [BOS] + slice + [EOS] padded with EOS (the pad id); ids past the last
+        slice are dropped, empty slices still encoded. chunks = 1 is the plain truncating tokenization; 3 is the
+        ControlNet 1.1 anime-lineart encoding (a 3×77 context)."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise TypeError("prompts must be a list of str")
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"chunks must be a positive int, got {chunks!r}")
+        width = self.max_length - 2
         rows = []
         for p in prompts:
-            ids = [BOS_ID] + self.encode(p)[: self.max_length - 2] + [EOS_ID]
-            rows.append(ids + [EOS_ID] * (self.max_length - len(ids)))
-        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.max_length)
+            ids = self.encode(p)
+            for k in range(chunks):
+                piece = [BOS_ID] + ids[k * width:(k + 1) * width] + [EOS_ID]
+                rows.append(piece + [EOS_ID] * (self.max_length - len(piece)))
+        return torch.tensor(rows, dtype=torch.long).reshape(len(prompts), chunks, self.max_length)
 
 
 class CLIPAttention(nn.Module):
@@ -159,8 +171,9 @@ class CLIPEncoder(nn.Module):
         self.layers = nn.ModuleList(CLIPEncoderLayer(cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size)
                                     for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+    def forward(self, x: torch.Tensor, skip: int = 0) -> torch.Tensor:
+        """The output of the last layer, or with `skip` = k of the layer k before it."""
+        for layer in self.layers[:len(self.layers) - skip]:
             x = layer(x)
         return x
 
@@ -195,9 +208,14 @@ class CLIPTextTransformer(nn.Module):
         self.encoder = CLIPEncoder(cfg)
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """last_hidden_state (N, L, width), after the final LayerNorm."""
-        return self.final_layer_norm(self.encoder(self.embeddings(input_ids)))
+    def forward(self, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        """last_hidden_state (N, L, width), after the final LayerNorm. `clip_skip` = k > 1: hidden state [−k] of
+        (embeddings, layer 1, …, layer n) instead, i.e. the output of layer n − k + 1, also through the final
+        LayerNorm (SD's "CLIP skip")."""
+        layers = len(self.encoder.layers)
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= layers:
+            raise ValueError(f"clip_skip must be an int in 1..{layers}, got {clip_skip!r}")
+        return self.final_layer_norm(self.encoder(self.embeddings(input_ids), skip=clip_skip - 1))
 
 
 class CLIPTextModel(nn.Module):
@@ -207,12 +225,16 @@ class CLIPTextModel(nn.Module):
         super().__init__()
         self.text_model = CLIPTextTransformer(cfg)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_model(input_ids)
+    def forward(self, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        return self.text_model(input_ids, clip_skip)
 
 
 class FrozenCLIPEmbedder(nn.Module):
-    """cond_stage_model: prompts -> (N, 77, width) text embeddings; frozen."""
+    """cond_stage_model: prompts -> (N, 77, width) text embeddings; frozen.
+
+    `chunks` = c > 1: up to c·75 tokens per prompt, encoded as c sequences of 77 in one batch and concatenated
+    along the token axis, (N, c·77, width); `clip_skip` = 2: the second-to-last layer's output (then the final
+    LayerNorm). The ControlNet 1.1 anime-lineart model was trained with both (c = 3)."""
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
@@ -230,9 +252,14 @@ class FrozenCLIPEmbedder(nn.Module):
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         return self.tokenizer(prompts)
 
-    def forward(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenize(prompts).to(self.transformer.text_model.embeddings.token_embedding.weight.device)
-        return self.transformer(ids)
+    def forward(self, prompts: list[str], chunks: int = 1, clip_skip: int = 1) -> torch.Tensor:
+        device = self.transformer.text_model.embeddings.token_embedding.weight.device
+        if chunks == 1:
+            return self.transformer(self.tokenize(prompts).to(device), clip_skip)
+        ids = self.tokenizer.chunked(prompts, chunks).to(device)
+        n, _, length = ids.shape
+        out = self.transformer(ids.reshape(n * chunks, length), clip_skip)
+        return out.reshape(n, chunks * length, out.shape[-1])
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         return self(prompts)

@@ -1,5 +1,5 @@
 """ControlNet 1.1 edge/line annotators: lineart (fine, coarse), lineart anime, PiDiNet and HED soft edges
-(with "safe"), content/colour shuffle, and the apps' own tile/img2img/inpaint inputs.
+(with "safe"), content/colour shuffle, and the apps' own tile hint and inpaint mask.
 
 Networks: official key layouts (tests/keys/), strict loading from files written in the official format
 (wrapper entry and `module.` prefixes included, read with weights_only=True), and parity with
@@ -20,8 +20,7 @@ from annotator.lineart import LineartDetector, LineartGenerator
 from annotator.lineart_anime import AnimeUNet, LineartAnimeDetector, network_size
 from annotator.pidinet import PiDiNet, PidiNetDetector, ScribblePidiDetector
 from annotator.pidinet.pdc import PixelDifferenceConv2d
-from annotator.processing import (img2img_pixels, img2img_start, inpaint_composite, inpaint_inputs,
-                                  tile_control)
+from annotator.processing import inpaint_mask, tile_control
 from annotator.shuffle import ColorShuffleDetector, ContentShuffleDetector, shuffle_flow
 from annotator.v11_util import make_noise_disk, safe_step
 from annotator.weights import WeightFileError
@@ -430,48 +429,30 @@ def test_color_shuffle_matches_controlnet_aux_except_the_range_end():
 # --- the apps' own control inputs -------------------------------------------------------------------------
 
 
-def test_tile_control_and_img2img_numbers():
+def test_tile_control():
     small = random_image(64, 48)
     hint = tile_control(small, (512, 384))
     assert hint.shape == (512, 384, 3) and (hint == cv2.resize(small, (384, 512), interpolation=cv2.INTER_LINEAR)).all()
-    pixels = img2img_pixels(np.array([[[0, 127, 255]]], np.uint8))
-    assert pixels.dtype == np.float32 and np.allclose(pixels, [[[-1.0, 0.0, 128 / 127]]])  # max 1.00787
-    assert img2img_start(32, 1.0) == 31  # the tile app's defaults: noised to DDIM index 31 (t = 962)
-    assert img2img_start(20, 0.5) == 10 and img2img_start(20, 0.33) == 6 and img2img_start(1, 1.0) == 0
 
 
-def test_inpaint_inputs_encode_the_mask():
-    image = random_image(64, 128)
+def test_inpaint_mask_resizes_and_blurs():
     mask = np.zeros((64, 128), np.uint8)
-    mask[16:32, 32:64] = 255  # exactly the latent cells rows 2..3, columns 4..7
-    inputs = inpaint_inputs(image, mask, blur=0.1)  # sigma 0.1: the 3-tap kernel is [~0, 1, ~0]
-    hint, inside = inputs.hint, np.zeros((64, 128), bool)
+    mask[16:32, 32:64] = 255
+    inside = np.zeros((64, 128), bool)
     inside[16:32, 32:64] = True
-    assert hint.dtype == np.float32 and hint.shape == (64, 128, 3)
-    assert ((inputs.mask > 0.5) == inside).all()
-    assert (hint[inside] == -1.0).all() and np.allclose(hint[~inside], image[~inside] / 255.0)
-    expected_latent = np.zeros((8, 16), np.float32)
-    expected_latent[2:4, 4:8] = 1.0
-    assert np.allclose(inputs.latent_mask, expected_latent, atol=1e-6)
-    assert np.allclose(inputs.keep_mask, 1.0 - expected_latent, atol=1e-6)
-    assert np.allclose(inputs.vae_input, image / 127.0 - 1.0)
+    sharp = inpaint_mask(mask, (64, 128), blur=0.1)  # sigma 0.1: the 3-tap kernel is [~0, 1, ~0]
+    assert sharp.dtype == np.float32 and sharp.shape == (64, 128)
+    assert ((sharp > 0.5) == inside).all() and np.allclose(sharp, inside, atol=1e-6)
 
     # A mask drawn at half the size (RGBA, channel 0 used) is resized bilinearly as uint8 first:
     # output row r samples source row (r + 0.5)/2 - 0.5, so rows 14..17 over the stroke's top edge
     # (source row 8) get 0, 0.25·255 -> 64, 0.75·255 -> 191, 255.
     half = np.zeros((32, 64, 4), np.uint8)
     half[8:16, 16:32] = 255
-    resized = inpaint_inputs(image, half, blur=0.1)
-    assert np.allclose(resized.mask[14:18, 48], np.array([0, 64, 191, 255]) / 255.0, atol=1e-6)
-    assert (resized.hint[15, 48] >= 0).all() and (resized.hint[16, 48] == -1.0).all()
+    resized = inpaint_mask(half, (64, 128), blur=0.1)
+    assert np.allclose(resized[14:18, 48], np.array([0, 64, 191, 255]) / 255.0, atol=1e-6)
 
-    soft = inpaint_inputs(image, mask, blur=5.0)  # a wide blur keeps a soft ramp around the stroke
-    assert 0.0 < soft.mask[24, 20] < 0.5 and soft.mask[24, 48] > 0.5
-    decoded = np.full((2, 64, 128, 3), 300.0, np.float32)  # VAE output ×127.5 + 127.5, not clipped yet
-    result = inpaint_composite(decoded, soft)
-    assert result.shape == (2, 64, 128, 3) and result.dtype == np.uint8
-    far = soft.mask < 1e-6
-    assert (result[:, far] == image[far]).all()  # unmasked pixels equal the input
-    assert (result[:, soft.mask > 0.999] == 255).all()  # generated pixels, clipped after the blend
-    expected = np.clip(300.0 * soft.mask[24, 20] + image[24, 20] * (1 - soft.mask[24, 20]), 0, 255).astype(np.uint8)
-    assert (result[:, 24, 20] == expected).all()
+    soft = inpaint_mask(mask, (64, 128), blur=5.0)  # a wide blur keeps a soft ramp around the stroke
+    assert 0.0 < soft[24, 20] < 0.5 and soft[24, 48] > 0.5 and 0.0 <= soft.min() and soft.max() <= 1.0
+    expected = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 5.0)
+    assert np.allclose(soft, expected, atol=1e-6)

@@ -9,6 +9,8 @@ class WeightFile:
     repo: str
     filename: str  # path inside the repo; the local lookup uses its last component
     role: str
+    # ControlNets only: the residuals are averaged over H and W (set on the ControlNet when these weights load).
+    global_average_pooling: bool = False
 
     @property
     def basename(self) -> str:
@@ -43,7 +45,10 @@ WEIGHTS: dict[str, WeightFile] = {
     "cn11_normalbae": WeightFile(CN11, "control_v11p_sd15_normalbae.pth", "ControlNet 1.1 normal (BAE)"),
     "cn11_lineart": WeightFile(CN11, "control_v11p_sd15_lineart.pth", "ControlNet 1.1 lineart"),
     "cn11_lineart_anime": WeightFile(CN11, "control_v11p_sd15s2_lineart_anime.pth", "ControlNet 1.1 anime lineart"),
-    "cn11_shuffle": WeightFile(CN11, "control_v11e_sd15_shuffle.pth", "ControlNet 1.1 content shuffle"),
+    # The only yaml difference among the 14 1.1 models: control_v11e_sd15_shuffle.yaml adds
+    # `global_average_pooling: True`; the 13 others are cldm_v15.yaml.
+    "cn11_shuffle": WeightFile(CN11, "control_v11e_sd15_shuffle.pth", "ControlNet 1.1 content shuffle",
+                               global_average_pooling=True),
     "cn11_inpaint": WeightFile(CN11, "control_v11p_sd15_inpaint.pth", "ControlNet 1.1 inpaint"),
     "cn11_tile": WeightFile(CN11, "control_v11f1e_sd15_tile.pth", "ControlNet 1.1 tile"),
     "cn11_ip2p": WeightFile(CN11, "control_v11e_sd15_ip2p.pth", "ControlNet 1.1 instruct pix2pix"),
