@@ -301,8 +301,8 @@ def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
     with backend.model.activate(request.weights, request.choices.all_loras()) as model:
         status("Sampling")
         decoder = backend.model.taesd() if request.choices.fast_decode else None
-        start = {k: v for k, v in (("mode", conditioning.mode), ("init", conditioning.init)) if v is not None}
-        result = generate(model, conditioning.control, params, callback, decoder, **start)
+        result = generate(model, conditioning.control, params, callback, decoder, mode=conditioning.mode,
+                          init=conditioning.init)
     return AppResult(display_map=conditioning.shown, samples=result.images, seed=result.seed,
                      sampler=params.sampler, steps=params.steps, fast=request.choices.fast,
                      display_kind=conditioning.shown_kind)
