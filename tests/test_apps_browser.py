@@ -134,6 +134,20 @@ def draw_on_canvas(page: Page, name: str) -> None:
         page.mouse.up()
 
 
+def upload_to_editor(page: Page, name: str, image_file: Path) -> None:
+    """Upload into the image editor. An editor whose tab has only just been opened can drop an upload (its
+    canvas stays empty, "… select the draw tool to start"), so the upload is repeated until the image shows."""
+    empty = page.locator(f"#{name}-input").get_by_text("select the draw tool to start")
+    for _ in range(3):
+        page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
+        try:
+            expect(empty).to_have_count(0, timeout=5000)
+            return
+        except AssertionError:
+            continue
+    expect(empty).to_have_count(0)
+
+
 def paint_mask(page: Page, name: str) -> None:
     """One brush stroke across the middle of the uploaded image (the editor centres the image in its canvas)."""
     page.locator(f"#{name}-input button[aria-label='Brush']").click()
@@ -174,8 +188,7 @@ def run_app_page(page: Page, name: str, image_file: Path, tabs: bool = True) -> 
         page.wait_for_timeout(500)
         draw_on_canvas(page, name)
     elif spec.paint_mask:
-        page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
-        page.wait_for_timeout(1000)
+        upload_to_editor(page, name, image_file)
         paint_mask(page, name)
     else:
         page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
