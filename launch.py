@@ -3,6 +3,7 @@
     python launch.py --app canny              # one app on http://127.0.0.1:7860
     python launch.py --app all                # every app as a tab, plus the annotator page
     python launch.py generate --app canny --image in.png --prompt "a house" --out outputs/
+    python launch.py generate --from-png outputs/photo_canny_seed5_0.png --image in.png --out again/
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"requests that may wait; more are refused with 'queue is full' (default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--outputs", type=Path, default=None, metavar="DIR",
+                        help="also save every result (maps and images, with their settings in the PNG) in DIR")
     return parser
 
 
@@ -73,9 +76,12 @@ def generate_parser() -> argparse.ArgumentParser:
         prog="launch.py generate", parents=[model_options()],
         description="Generate without a browser: writes the detected map and the images, prints their paths.",
     )
-    parser.add_argument("--app", required=True, choices=apps, metavar="APP", help=f"one of: {', '.join(apps)}")
+    parser.add_argument("--app", choices=apps, metavar="APP", help=f"one of: {', '.join(apps)} (required unless --from-png)")
     parser.add_argument("--image", required=True, type=Path, help="an input image, or a folder of them (batch)")
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", help="the prompt (required unless --from-png)")
+    parser.add_argument("--from-png", type=Path, default=None, metavar="FILE",
+                        help="take the app and every setting from a PNG made by this suite (its parameters chunk); "
+                             "options given as well override them")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--n", type=int, default=NUM_SAMPLES.default, help=f"images per input: {ranged(NUM_SAMPLES)}")
     parser.add_argument("--steps", type=int, default=None, help=f"{ranged(STEPS)}; with --fast {ranged(FAST_STEPS)}")
@@ -102,6 +108,7 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
     """The shared model and the detectors, finding weights in --models-dir first, never downloading if --offline;
     the LoRA files offered: --lora ones (preselected) and those in `lora_folder`."""
     from apps.backend import Backend, find_loras
+    from apps.result_files import ResultFiles
     from cldm.shared_model import SharedModel
     from weights.files import WeightFiles
 
@@ -111,7 +118,7 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
     except FileNotFoundError as err:
         raise SystemExit(f"launch.py: error: {err}") from None
     shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny)
-    return Backend(shared, lora_files, chosen)
+    return Backend(shared, lora_files, chosen, ResultFiles(getattr(args, "outputs", None)))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -129,18 +136,67 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate(args: argparse.Namespace) -> int:
-    import numpy as np
-    import PIL.Image
+def explicit_options(argv: list[str]) -> set[str]:
+    """The `generate` options given on the command line (their argparse dests)."""
+    parser = generate_parser()
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(parser.parse_known_args(argv)[0]))
 
+
+def apply_png(args: argparse.Namespace, explicit: set[str]) -> str | None:
+    """Fill the options not given explicitly from --from-png's settings; an error message, or None."""
+    from apps.errors import InvalidInput
+    from apps.image_settings import restore_app
+    from apps.png_info import read_png_info
+    from apps.registry import APPS
+
+    try:
+        info = read_png_info(args.from_png)
+        if info.app not in APPS:
+            return f"{args.from_png} was made with the {info.app} page; the command runs the single apps ({', '.join(APPS)})"
+        if args.app is not None and args.app != info.app:
+            return f"{args.from_png} was made with the {info.app} app, not {args.app}: leave out --app or use {info.app}"
+        restored = restore_app(APPS[info.app], info, {})  # LoRAs come from --lora
+    except InvalidInput as err:
+        return f"--from-png {args.from_png}: {err}"
+    request = restored.request
+    v = request.values
+    settings = {"app": info.app, "prompt": request.prompt, "a_prompt": request.a_prompt, "n_prompt": request.n_prompt,
+                "n": v["num_samples"], "steps": v["ddim_steps"], "sampler": request.choices.sampler, "seed": v["seed"],
+                "image_resolution": v["image_resolution"], "strength": v["strength"], "scale": v["scale"],
+                "eta": v["eta"], "guess_mode": v["guess_mode"], "fast": request.choices.fast,
+                "fast_decode": request.choices.fast_decode, "weights": request.weights}
+    for dest, value in settings.items():
+        if dest not in explicit:
+            setattr(args, dest, value)
+    given = {item.partition("=")[0] for item in args.param}
+    args.param = [f"{p.name}={v[p.name]}" for p in APPS[info.app].extras if p.name not in given] + args.param
+    if info.loras and "lora" not in explicit:
+        print(f"launch.py generate: note: the PNG was made with LoRA(s) {', '.join(lora.name for lora in info.loras)} "
+              "(scale " + ", ".join(f"{lora.weight:g}" for lora in info.loras) + "); give them with --lora FILE:SCALE",
+              file=sys.stderr)
+    return None
+
+
+def generate(args: argparse.Namespace, explicit: set[str] | None = None) -> int:
     from dataclasses import replace
 
     from apps.controls import check_choices
     from apps.errors import USER_ERRORS, InvalidInput
+    from apps.image_settings import app_info
     from apps.images import read_image
+    from apps.png_info import save_png
     from apps.registry import APPS
     from apps.spec import run_app, validate
 
+    if args.from_png is not None:
+        problem = apply_png(args, explicit or set())
+        if problem:
+            return fail(problem)
+    for option, value in (("--app", args.app), ("--prompt", args.prompt)):
+        if value is None:
+            return fail(f"{option} is required (or --from-png FILE)")
     spec = APPS[args.app]
     if args.image.is_dir():
         inputs = sorted(p for p in args.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -178,11 +234,11 @@ def generate(args: argparse.Namespace) -> int:
             result = run_app(spec, backend, {"layers": [], "composite": image} if spec.canvas else image, request)
         except USER_ERRORS as err:
             return fail(str(err), code=1) if weight_problem(err) else fail(f"{path}: {err}")
-        written = [args.out / f"{path.stem}_{args.app}_map.png"]
-        PIL.Image.fromarray(np.ascontiguousarray(result.display_map)).save(written[0])
+        info = app_info(spec, backend, request, result.seed, result.samples[0].shape[:2])
+        written = [save_png(result.display_map, args.out / f"{path.stem}_{args.app}_map.png", info)]
         for i, sample in enumerate(result.samples):
-            written.append(args.out / f"{path.stem}_{args.app}_seed{result.seed}_{i}.png")
-            PIL.Image.fromarray(sample).save(written[-1])
+            written.append(save_png(sample, args.out / f"{path.stem}_{args.app}_seed{result.seed}_{i}.png",
+                                    replace(info, batch_pos=i)))
         for out in written:
             print(out)
     return 0
@@ -206,7 +262,7 @@ def fail(message: str, code: int = 2) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["generate"]:
-        return generate(generate_parser().parse_args(argv[1:]))
+        return generate(generate_parser().parse_args(argv[1:]), explicit_options(argv[1:]))
     return serve(serve_parser(page_names()).parse_args(argv))
 
 

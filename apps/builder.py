@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -28,6 +29,9 @@ from apps.controls import (A_PROMPT, DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LO
                            SEED, STEPS, check_choices, check_param, sampler_summary)
 from cldm.limits import FAST_SAMPLER
 from apps.errors import USER_ERRORS, InvalidInput
+from apps.image_settings import save_app_results
+from apps.restore_drop import app_restorer, restore_drop, wire_restore
+from apps.space import app_duration, zero_gpu
 from apps.spec import AnnotatorSection, AppResult, AppSpec, run_app, validate
 from cldm.ddim import SamplingCancelled
 
@@ -76,6 +80,9 @@ class CancelToken:
 
     def __deepcopy__(self, memo) -> CancelToken:
         return CancelToken()
+
+    def __reduce__(self):  # a process boundary (ZeroGPU's worker) gets a fresh token, like a new session
+        return CancelToken, ()
 
     @contextmanager
     def run(self) -> Iterator[threading.Event]:
@@ -144,18 +151,22 @@ def choice_inputs(backend: Backend, prefix: str) -> list[gr.components.Component
 
 
 def wire_fast(fast: gr.Checkbox, steps: gr.components.Component, scale: gr.components.Component,
-              choices: list[gr.components.Component]) -> None:
+              choices: list[gr.components.Component], restored: gr.State) -> None:
     """Switching Fast sets Steps and Guidance Scale to the preset's values and ranges (or back), the sampler and
-    Fast decode."""
+    Fast decode; not when "Restore settings" switched it (`restored` holds the value it set): its values stand."""
 
-    def toggle(on: bool):
+    def toggle(on: bool, restored_to):
+        if restored_to is not None and restored_to == on:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         s, g = (FAST_STEPS, FAST_SCALE) if on else (STEPS, SCALE)
         return (gr.Slider(minimum=s.minimum, maximum=s.maximum, value=s.default),
                 gr.Slider(minimum=g.minimum, maximum=g.maximum, value=g.default),
-                gr.Dropdown(value=FAST_SAMPLER if on else DEFAULT_SAMPLER, interactive=not on), gr.Checkbox(value=on))
+                gr.Dropdown(value=FAST_SAMPLER if on else DEFAULT_SAMPLER, interactive=not on), gr.Checkbox(value=on),
+                None)
 
     sampler, fast_decode = choices[0], choices[-1]
-    fast.change(toggle, fast, [steps, scale, sampler, fast_decode], queue=False, api_visibility="private")
+    fast.change(toggle, [fast, restored], [steps, scale, sampler, fast_decode, restored], queue=False,
+                api_visibility="private")
 
 
 def result_line(seed: int, sampler: str, steps: int, fast: bool = False) -> str:
@@ -242,6 +253,7 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
                                  object_fit="contain", format="png")
             seed_used = gr.Markdown(elem_id=f"{name}-seed-used")
             status = gr.Markdown(status_line(), elem_id=f"{name}-status")
+            drop, restore_message, restored = restore_drop(name)
 
     names = [p.name for p in spec.controls]
 
@@ -249,22 +261,26 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, weights_value, fast_value, *choice_values = rest[len(names):]
 
-        def work(on_step, on_status, on_preview) -> AppResult:
+        def work(on_step, on_status, on_preview) -> tuple[AppResult, list[Path]]:
             choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
             request = validate(spec, values, prompt_value, a_value, n_value, weights_value, choices)
             on_status("Detecting the control map")
-            return run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status,
-                           on_preview=on_preview)
+            result = run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status,
+                             on_preview=on_preview)
+            return result, save_app_results(spec, backend, request, result)
 
         for kind, value in guarded_stream(cancel, progress, work):
             if kind == "preview":
                 yield preview_update(*value)
                 continue
-            items = [(value.display_map, "detected map")] + [(s, f"sample {i + 1}") for i, s in enumerate(value.samples)]
-            yield items, result_line(value.seed, value.sampler, value.steps, value.fast), status_line()
+            result, files = value
+            items = [(str(files[0]), "detected map")] + [(str(f), f"sample {i + 1}") for i, f in enumerate(files[1:])]
+            yield items, result_line(result.seed, result.sampler, result.steps, result.fast), status_line()
 
-    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices)
+    process = zero_gpu(process, app_duration(names))
+    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices, restored)
     inputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights, fast, *choices]
+    wire_restore(drop, restore_message, restored, fast, inputs[2:], app_restorer(spec, backend))
     outputs = [gallery, seed_used, status]
     clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
     submitted = prompt.submit(process, inputs, outputs, api_visibility="private", concurrency_id="generate")
