@@ -1,11 +1,19 @@
 """Reading weight files into flat dicts of tensors, without unpickling anything but tensors.
 
-`.safetensors` files are memory-mapped by safetensors; `.pth`/`.ckpt`/`.pt`/`.bin` go through
-`torch.load(weights_only=True)`, memory-mapped when the file is a zip archive (every torch ≥ 1.6 file).
-Every failure is a `CheckpointError` naming the file.
+What a file is follows from its first bytes, not its name: a zip archive is a PyTorch file (every torch ≥ 1.6
+file), read with `torch.load(weights_only=True)` memory-mapped; a pickle stream is a legacy PyTorch file, read
+the same way without the map; anything else with the `.safetensors` suffix, or whose first bytes look like a
+safetensors header, is a safetensors file, memory-mapped by safetensors. Before safetensors reads one, its header
+is checked against the file (bounded reads; no size the header declares is allocated): a truncated or corrupt file
+is reported at once, with which tensor lies outside the file.
+
+Every failure is a `CheckpointError` naming the file; for a copy in the Hugging Face cache the message also
+names the file to delete so that the next run downloads it again.
 """
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import re
 import zipfile
@@ -17,7 +25,13 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 PathLike = Union[str, Path]
-TORCH_SUFFIXES = (".pth", ".ckpt", ".pt", ".bin")
+SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
+TORCH_SUFFIXES = SUFFIXES[1:]
+MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+               "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOLS = range(2, 6)
 
 
 class CheckpointError(ValueError):
@@ -31,16 +45,27 @@ class CheckpointError(ValueError):
 def load_state_dict(path: PathLike, location: str = "cpu") -> dict[str, Tensor]:
     """Flat {name: tensor} of a weight file; a `state_dict` wrapper is unwrapped and non-tensor entries dropped."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(path, "is a folder, not a weight file")
     if not path.is_file():
         raise CheckpointError(path, "no such file")
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    if suffix not in SUFFIXES:
+        raise CheckpointError(path, f"unsupported file type {suffix!r} (expected {', '.join(SUFFIXES)})")
+    kind = file_format(path)
+    if kind == "zip":
+        if not zipfile.is_zipfile(path):
+            raise corrupt(path, "truncated or corrupt: a zip archive (PyTorch file) without its closing directory")
+        obj = _read(path, lambda: torch.load(path, map_location=location, weights_only=True, mmap=True))
+    elif kind == "pickle":
+        obj = _read(path, lambda: torch.load(path, map_location=location, weights_only=True))
+    elif kind == "safetensors" or suffix == ".safetensors":
+        safetensors_header(path)
         obj = _read(path, lambda: load_file(path, device=location))
-    elif suffix in TORCH_SUFFIXES:
-        mmap = zipfile.is_zipfile(path)
-        obj = _read(path, lambda: torch.load(path, map_location=location, weights_only=True, mmap=mmap))
+    elif kind == "empty":
+        raise corrupt(path, "empty file (0 bytes)")
     else:
-        raise CheckpointError(path, f"unsupported file type {suffix!r} (expected .safetensors, {', '.join(TORCH_SUFFIXES)})")
+        raise corrupt(path, "not a checkpoint: neither a PyTorch file (zip or pickle) nor safetensors")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -51,6 +76,99 @@ def load_state_dict(path: PathLike, location: str = "cpu") -> dict[str, Tensor]:
     return tensors
 
 
+def file_format(path: Path) -> str:
+    """"zip", "pickle", "safetensors", "empty" or "unknown", from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        return "empty"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return "safetensors"
+    if head[0] == 0x80 and len(head) > 1 and head[1] in PICKLE_PROTOCOLS:
+        return "pickle"
+    return "unknown"
+
+
+def safetensors_header(path: PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (dtype, shape)} of a safetensors file, from its header, after checking that the header fits the
+    file: every tensor's bytes inside the file, matching its shape and dtype, the tensors covering the data."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise corrupt(path, f"truncated: {size} bytes, less than the 8-byte header length of a safetensors file")
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            raise corrupt(path, f"truncated or corrupt: the header declares {length} bytes, "
+                                f"the file holds {size - 8} after the header length")
+        if length > MAX_HEADER:
+            raise corrupt(path, f"corrupt: a header of {length} bytes (safetensors allows {MAX_HEADER})")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise corrupt(path, f"corrupt: the safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise corrupt(path, "corrupt: the safetensors header is not a mapping of tensors")
+    data = size - 8 - length
+    entries, spans = {}, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, offsets = _entry(path, name, info)
+        nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+        begin, end = offsets
+        if end - begin != nbytes:
+            raise corrupt(path, f"corrupt: tensor {name!r} {dtype}{list(shape)} needs {nbytes} bytes, "
+                                f"its offsets span {end - begin}")
+        if end > data:
+            raise corrupt(path, f"truncated: tensor {name!r} ends at byte {end} of the data, "
+                                f"the file holds {data} bytes of data")
+        entries[name] = (dtype, shape)
+        spans.append((begin, end, name))
+    covered = 0
+    for begin, end, name in sorted(spans):
+        if begin != covered:
+            raise corrupt(path, f"corrupt: the tensors {'overlap' if begin < covered else 'leave a gap'} "
+                                f"at byte {min(begin, covered)} of the data (tensor {name!r})")
+        covered = end
+    if covered != data:
+        raise corrupt(path, f"corrupt: {data - covered} bytes after the last tensor")
+    return entries
+
+
+def _entry(path: Path, name: str, info: Any) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    if not isinstance(info, dict):
+        raise corrupt(path, f"corrupt: header entry {name!r} is not a tensor description")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise corrupt(path, f"corrupt: tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise corrupt(path, f"corrupt: tensor {name!r} has an invalid shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(n) is int for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise corrupt(path, f"corrupt: tensor {name!r} has invalid data offsets {offsets!r}")
+    return dtype, tuple(shape), (offsets[0], offsets[1])
+
+
+def corrupt(path: Path, problem: str) -> CheckpointError:
+    """A CheckpointError for a damaged file; a copy in the Hugging Face cache is named for deletion."""
+    return CheckpointError(path, problem + hub_cache_hint(path))
+
+
+def hub_cache_hint(path: PathLike) -> str:
+    """For a file in the Hugging Face cache (a snapshot link to a blob): which file to delete to download it again."""
+    path = Path(path)
+    blob = path.resolve()
+    if blob.parent.name != "blobs" or not blob.parent.parent.name.startswith(("models--", "datasets--", "spaces--")):
+        return ""
+    link = f" (and the link {path})" if path != blob else ""
+    return f". It is a copy in the Hugging Face cache: delete {blob}{link} and it will be downloaded again"
+
+
 def _read(path: Path, reader: Any) -> Any:
     try:
         return reader()
@@ -58,6 +176,6 @@ def _read(path: Path, reader: Any) -> Any:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found:
             raise CheckpointError(path, f"holds pickled Python objects ({found.group(1)}); refusing to unpickle them") from e
-        raise CheckpointError(path, "unreadable: not a checkpoint, or corrupt or truncated (bad pickle data)") from e
+        raise corrupt(path, "unreadable: not a checkpoint, or corrupt or truncated (bad pickle data)") from e
     except Exception as e:  # torch and safetensors raise many types (RuntimeError, SafetensorError, EOFError, …)
-        raise CheckpointError(path, f"unreadable: not a checkpoint, or corrupt or truncated ({type(e).__name__}: {e})") from e
+        raise corrupt(path, f"unreadable: not a checkpoint, or corrupt or truncated ({type(e).__name__}: {e})") from e
