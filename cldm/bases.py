@@ -36,31 +36,30 @@ Parts = dict[str, tuple[Path, dict[str, Tensor]]]
 def load_sd_base(model: nn.Module, files: WeightFiles, base: str | Path | None = None, vae: str | Path | None = None) -> str:
     """Load the SD 1.5 base parts into `model` (see the module docstring); returns what was loaded, in words."""
     config = model.config
-    if base is None:
-        parts = _file_parts(files.resolve("sd15"), config)
-    else:
-        parts = _base_parts(base, files, config)
-    if vae is not None:
-        parts["vae"] = _vae_part(vae, files, config)
+    replaced = {"vae": _vae_part(vae, files, config)} if vae is not None else {}  # the user's files are read first
+    parts = _file_parts(files.resolve("sd15"), config) if base is None else _base_parts(base, files, config)
+    parts |= replaced
     missing = [part for part in PARTS if part not in parts]
     if missing:
-        default = files.resolve("sd15")
-        fallback = _file_parts(default, config)
+        fallback = _file_parts(files.resolve("sd15"), config)
         parts |= {part: fallback[part] for part in missing}
     load_parts(model, parts)
-    return describe(base, parts)
+    return describe(base, vae, parts, missing)
 
 
-def describe(base: str | Path | None, parts: Parts) -> str:
+def describe(base: str | Path | None, vae: str | Path | None, parts: Parts, fallback: list[str]) -> str:
     """E.g. "my_model.safetensors (VAE: vae-ft-mse.safetensors; text encoder: v1-5-pruned-emaonly.safetensors)"."""
-    unet = parts["unet"][0]
-    name = Path(base).name if base is not None and Path(base).exists() else str(base) if base is not None else unet.name
-    others = [f"{PART_NAMES[p]}: {_short(path)}" for p, (path, _) in parts.items() if p != "unet" and path != unet]
+    name = Path(base).name if base is not None and Path(base).exists() else str(base) if base is not None else None
+    name = name or parts["unet"][0].name
+    others = [f"{PART_NAMES[p]}: {_short(parts[p][0])}" for p in PARTS if p in fallback or (p == "vae" and vae is not None)]
     return f"{name} ({'; '.join(others)})" if others else name
 
 
 def _short(path: Path) -> str:
-    return f"{path.parent.name}/{path.name}" if path.parent.name in PARTS else path.name
+    """A file's name; a diffusers part (folder or its weights file) as <model folder>/<part>."""
+    if path.name in PARTS:
+        return f"{path.parent.name}/{path.name}"
+    return f"{path.parent.parent.name}/{path.parent.name}" if path.parent.name in PARTS else path.name
 
 
 def _file_parts(path: Path, config) -> Parts:
@@ -69,11 +68,13 @@ def _file_parts(path: Path, config) -> Parts:
 
 def _base_parts(base: str | Path, files: WeightFiles, config) -> Parts:
     path = Path(base).expanduser()
-    if path.is_file():
-        return _file_parts(path, config)
+    if path.is_file() or (path.is_dir() and not any((path / part).is_dir() for part in PARTS)):
+        parts = _file_parts(path, config)  # a single file, or a single part's folder (e.g. a diffusers UNet)
+        if "unet" not in parts:
+            held = ", ".join(PART_NAMES[p] for p in parts)
+            raise CheckpointError(path, f"holds no UNet, only the {held}; a base needs one (a VAE goes with --vae)")
+        return parts
     if path.is_dir():
-        if not any((path / part).is_dir() for part in PARTS):
-            return _file_parts(path, config)  # a single part's folder (e.g. a diffusers UNet)
         parts = {}
         for part in PARTS:
             if (path / part).is_dir():
@@ -102,7 +103,7 @@ def _repo_parts(repo: str, files: WeightFiles, config) -> Parts:
 
 
 def _the_part(path: Path, part: str, config) -> dict[str, Tensor]:
-    found = read_parts(path, config)
+    found = read_parts(path, config, base=False)
     if part not in found:
         held = ", ".join(PART_NAMES[p] for p in found) or "nothing"
         raise CheckpointError(path, f"should hold the SD 1.5 {PART_NAMES[part]}, holds {held}")

@@ -99,13 +99,15 @@ def refuse_non_sd15(path: PathLike, source: dict[str, Tensor]) -> None:
         raise CheckpointError(path, f"is {what}, not an SD 1.5 base" if what.startswith("a") else what)
 
 
-def read_parts(path: PathLike, config: ControlLDMConfig, use_ema: bool = False) -> dict[str, dict[str, Tensor]]:
+def read_parts(path: PathLike, config: ControlLDMConfig, use_ema: bool = False, base: bool = True
+               ) -> dict[str, dict[str, Tensor]]:
     """The base parts ("unet", "vae", "text_encoder") a file or diffusers folder holds, with this repository's keys.
 
     Reads SD 1.x single files (with or without VAE / text encoder, EMA copies ignored unless `use_ema`, or used
     when they are the only UNet), VAE files (bare `encoder.*`/`decoder.*` keys, `first_stage_model.*`, or diffusers
-    `AutoencoderKL`), and diffusers-format parts (a part folder or its weights file). A file that is not SD 1.x
-    (SD 2.x, SDXL, a LoRA, a ControlNet alone) is refused with a message that says what it is.
+    `AutoencoderKL`), and diffusers-format parts (a part folder or its weights file). As a `base`, a file that is
+    not SD 1.x (SD 2.x, SDXL, a LoRA, a ControlNet alone) is refused with a message that says what it is; for a
+    single part (`base=False`, e.g. a VAE from any checkpoint) the caller checks that the part is there.
     """
     path = Path(path)
     file = diffusers_weights(path) if path.is_dir() else path
@@ -121,11 +123,17 @@ def read_parts(path: PathLike, config: ControlLDMConfig, use_ema: bool = False) 
                                         + _listing("unknown diffusers keys", unknown))
         return {part: converted}
     if any(k.startswith(BARE_VAE) for k in source) and not any(k.startswith(tuple(PARTS.values())) for k in source):
+        if base:
+            refuse_non_sd15(file, source)
         source = {PARTS["vae"] + k: v for k, v in source.items() if k.startswith(BARE_VAE)}  # e.g. vae-ft-mse-*.ckpt
         return {"vae": source}
     if use_ema or (not any(k.startswith(UNET_PREFIX) for k in source) and any(k.startswith(EMA) for k in source)):
         source = _with_ema_unet(build_unet_names(config), file, source)
-    refuse_non_sd15(file, source)
+    if base:
+        refuse_non_sd15(file, source)
+    text = PARTS["text_encoder"]
+    if any(k.startswith(text + "embeddings.") for k in source):  # saved by transformers < 4.22: no text_model level
+        source = {(text + "text_model." + k[len(text):] if k.startswith(text) else k): v for k, v in source.items()}
     parts = {name: {k: v for k, v in source.items() if k.startswith(prefix)} for name, prefix in PARTS.items()}
     return {name: state for name, state in parts.items() if state}
 
