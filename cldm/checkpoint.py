@@ -31,6 +31,7 @@ MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}
 ZIP_MAGIC = b"PK\x03\x04"
+LOCAL_HEADER = 30  # bytes of a zip local file header before its file name
 PICKLE_PROTOCOLS = range(2, 6)
 
 
@@ -53,17 +54,16 @@ def load_state_dict(path: PathLike, location: str = "cpu") -> dict[str, Tensor]:
     if suffix not in SUFFIXES:
         raise CheckpointError(path, f"unsupported file type {suffix!r} (expected {', '.join(SUFFIXES)})")
     kind = file_format(path)
+    if kind == "empty":
+        raise corrupt(path, "empty file (0 bytes)")
     if kind == "zip":
-        if not zipfile.is_zipfile(path):
-            raise corrupt(path, "truncated or corrupt: a zip archive (PyTorch file) without its closing directory")
+        check_zip(path)
         obj = _read(path, lambda: torch.load(path, map_location=location, weights_only=True, mmap=True))
     elif kind == "pickle":
         obj = _read(path, lambda: torch.load(path, map_location=location, weights_only=True))
     elif kind == "safetensors" or suffix == ".safetensors":
         safetensors_header(path)
         obj = _read(path, lambda: load_file(path, device=location))
-    elif kind == "empty":
-        raise corrupt(path, "empty file (0 bytes)")
     else:
         raise corrupt(path, "not a checkpoint: neither a PyTorch file (zip or pickle) nor safetensors")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -138,6 +138,30 @@ def safetensors_header(path: PathLike) -> dict[str, tuple[str, tuple[int, ...]]]
     if covered != data:
         raise corrupt(path, f"corrupt: {data - covered} bytes after the last tensor")
     return entries
+
+
+def check_zip(path: Path) -> None:
+    """Check a zip archive's structure against the file: its closing directory, and for every record the local
+    header (signature, name) and the extent of its data inside the file. torch reads records by the offsets of
+    the directory and would not notice a damaged local header."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+            for info in archive.infolist():
+                f.seek(info.header_offset)
+                local = f.read(LOCAL_HEADER)
+                name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+                name = f.read(name_length)
+                if local[:4] != ZIP_MAGIC or name != info.filename.encode():
+                    raise corrupt(path, f"corrupt: the zip record {info.filename!r} has a damaged header")
+                end = info.header_offset + LOCAL_HEADER + name_length + extra_length + info.compress_size
+                if end > size:
+                    raise corrupt(path, f"truncated: the zip record {info.filename!r} ends at byte {end}, "
+                                        f"the file has {size}")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise corrupt(path, f"truncated or corrupt zip archive (PyTorch file): {e}") from None
 
 
 def _entry(path: Path, name: str, info: Any) -> tuple[str, tuple[int, ...], tuple[int, int]]:
