@@ -4,9 +4,11 @@
     with shared.activate("cn10_canny") as model:           # base loaded once; control weights swapped in
         ...                                                # the model is locked while the block runs
 
-Control weights are read with `cldm.model.load_control` (only `control_model.*` of a full 1.0 file, or a
-1.1 control-only file); a small LRU cache keeps the control state dicts of the last few files (on the CPU),
-so switching between apps costs a tensor copy, not a file read. `status()` reports what was loaded how
+The base is the default SD 1.5 file, or `base=` (and `vae=`) any form `cldm.bases.load_sd_base` reads (a
+single file, a diffusers folder or repo id); `status()["base"]` names it. Control weights are read with
+`cldm.model.load_control` (`control_model.*` of a full 1.0 file, a control-only or fp16 file, a diffusers
+ControlNet); a file refused there leaves the current weights in place. A small LRU cache keeps the control
+state dicts of the last few files (on the CPU), so switching between apps costs a tensor copy, not a file read. `status()` reports what was loaded how
 often (the pages show it, the tests assert on it).
 
 LoRAs (`activate(key, loras=[(name, scale), ...])`, a name being a weights key such as `lcm_lora` or a file
@@ -14,7 +16,8 @@ path) are merged into the base's UNet and text encoder (`cldm.lora`); a request 
 previous one first, which restores the base bit for bit. Parsed LoRA files are cached (a few, on the CPU).
 
 `tiny=True`: the tiny model of `models/cldm_tiny.yaml` with seeded random weights (the same every run) and
-random control weights per key (seeded by the key); every weight is random and non-zero, the zero
+random control weights per key (seeded by the key; an fp16 copy's key by its original's, so both hold the
+same weights); every weight is random and non-zero, the zero
 convolutions included, so control changes the output as real weights do. LoRAs named by a weights key are
 seeded random ones (`cldm.lora.random_lora`). No file is read.
 """

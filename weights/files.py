@@ -4,9 +4,11 @@
     path = files.resolve("cn10_canny")
 
 The folders searched, in order: the caller's `search_dirs` (e.g. `--models-dir`), `$ANNOTATOR_CKPTS`,
-`models/`, `annotator/ckpts/`. A file in none of them is downloaded once into the Hugging Face cache (with
-progress, resumable), unless offline. When it cannot be had, `WeightsUnavailable` says which file, from which
-repository, and where to put it.
+`models/`, `annotator/ckpts/`; then the Hugging Face cache, asking no server. Every published copy of the
+weights counts (`weights.table.sources`: for an fp16 ControlNet also the official file and the diffusers
+repository). A file found nowhere is downloaded once into the Hugging Face cache with `hf_hub_download`
+(progress; a transfer that breaks off is resumed by it with a range request), unless offline. When it cannot be
+had, `WeightsUnavailable` says which file, from which repository, and where to put it.
 """
 from __future__ import annotations
 
