@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from cldm.checkpoint import CheckpointError
+from cldm.config import ControlLDMConfig
 from cldm.model import PART_NAMES, PARTS, load_parts, read_parts
 from weights.files import WeightFiles, WeightsUnavailable
 from weights.table import WEIGHTS
@@ -35,7 +36,15 @@ Parts = dict[str, tuple[Path, dict[str, Tensor]]]
 
 def load_sd_base(model: nn.Module, files: WeightFiles, base: str | Path | None = None, vae: str | Path | None = None) -> str:
     """Load the SD 1.5 base parts into `model` (see the module docstring); returns what was loaded, in words."""
-    config = model.config
+    parts, name = read_sd_base(files, model.config, base, vae)
+    load_parts(model, parts)
+    return name
+
+
+def read_sd_base(files: WeightFiles, config: ControlLDMConfig, base: str | Path | None = None,
+                 vae: str | Path | None = None) -> tuple[Parts, str]:
+    """The base parts ({part: (file, state dict)}) and what they are, in words, read and checked without a model:
+    a wrong file is refused before one is built."""
     replaced = {"vae": _vae_part(vae, files, config)} if vae is not None else {}  # the user's files are read first
     parts = _file_parts(files.resolve("sd15"), config) if base is None else _base_parts(base, files, config)
     parts |= replaced
@@ -43,8 +52,7 @@ def load_sd_base(model: nn.Module, files: WeightFiles, base: str | Path | None =
     if missing:
         fallback = _file_parts(files.resolve("sd15"), config)
         parts |= {part: fallback[part] for part in missing}
-    load_parts(model, parts)
-    return describe(base, vae, parts, missing)
+    return parts, describe(base, vae, parts, missing)
 
 
 def describe(base: str | Path | None, vae: str | Path | None, parts: Parts, fallback: list[str]) -> str:

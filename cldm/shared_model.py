@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from cldm.lora import Lora, MergedLora, merge_loras, random_lora, read_lora
-from cldm.bases import describe_request, load_sd_base
+from cldm.bases import describe_request, read_sd_base
 from cldm.checkpoint import CheckpointError
-from cldm.model import create_model, load_control
+from cldm.config import load_config
+from cldm.model import create_model, load_control, load_parts
 from cldm.preview import load_taesd
 from ldm.taesd import TAESD
 from weights.files import WeightFiles
@@ -200,10 +201,11 @@ class SharedModel:
             if self.tiny:
                 model = randomize_(create_model(self.config, init_weights=False), TINY_SEED)
             else:
-                if self.base is None:
-                    self.files.resolve("sd15")  # before building: a missing file fails fast
+                # Read and checked before the model is built: a missing or wrong file fails fast.
+                parts, name = read_sd_base(self.files, load_config(self.config), self.base, self.vae)
                 model = create_model(self.config, dtype=self.dtype, init_weights=False)
-                self.base_name = load_sd_base(model, self.files, self.base, self.vae)
+                load_parts(model, parts)
+                self.base_name = name
             model.low_memory = self.low_memory
             self._model = self._place(model).eval()
             self.base_loads += 1
