@@ -116,8 +116,13 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
         lora_files, chosen = find_loras(args.lora, lora_folder)
     except FileNotFoundError as err:
         raise SystemExit(f"launch.py: error: {err}") from None
+    from cldm.bases import REPO_ID
+
     if args.tiny and (args.base or args.vae):
         raise SystemExit("launch.py: error: --base and --vae need real weights; --tiny uses random ones")
+    for option, value in (("--base", args.base), ("--vae", args.vae)):
+        if value and not Path(value).expanduser().exists() and not REPO_ID.match(value):
+            raise SystemExit(f"launch.py: error: {option} {value}: no such file or folder, and not a hub repo id (owner/name)")
     shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny,
                          base=args.base, vae=args.vae)
     return Backend(shared, lora_files, chosen)

@@ -192,10 +192,14 @@ def test_tiny_mode_takes_no_base():
 def test_launch_passes_base_and_vae(tmp_path):
     import launch
 
-    args = launch.serve_parser(("canny",)).parse_args(["--base", "my.safetensors", "--vae", "vae.pt", "--models-dir", str(tmp_path)])
+    (tmp_path / "my.safetensors").write_bytes(b"")
+    base, vae = str(tmp_path / "my.safetensors"), "stabilityai/sd-vae-ft-mse"
+    args = launch.serve_parser(("canny",)).parse_args(["--base", base, "--vae", vae, "--models-dir", str(tmp_path)])
     backend = launch.make_backend(args)
-    assert (backend.model.base, backend.model.vae) == ("my.safetensors", "vae.pt")
-    assert backend.model.status()["base"] == "my.safetensors (VAE: vae.pt)"
+    assert (backend.model.base, backend.model.vae) == (base, vae)
+    assert backend.model.status()["base"] == "my.safetensors (VAE: sd-vae-ft-mse)"
+    with pytest.raises(SystemExit, match="--vae /no/such/vae.pt: no such file or folder"):
+        launch.make_backend(argparse.Namespace(**{**vars(args), "vae": "/no/such/vae.pt"}))
     generate = launch.generate_parser().parse_args(["--app", "canny", "--image", "x.png", "--prompt", "p", "--out", "o",
                                                     "--base", "someone/model"])
     assert generate.base == "someone/model" and generate.vae is None

@@ -210,3 +210,31 @@ def test_full_size_names_match_the_official_keys():
         got = {k: list(v.shape) for k, v in converted.items() if k != POSITION_IDS}
         assert not unknown, (part, unknown[:3])
         assert got == want, (part, sorted(set(got) ^ set(want))[:5])
+
+
+def test_full_size_families_are_told_apart():
+    """From key names and shapes alone (meta device, real sizes): the official SD 1.5 + ControlNet layout is an
+    SD 1.5 base; diffusers' SD 2.x and SDXL UNets, the same UNet's SD 1.5 layout with a 1024-wide context, a
+    ControlNet alone and a diffusers VAE are not, and the message says what they are."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from cldm.checkpoint_kinds import not_an_sd15_base
+
+    official = {k: v["shape"] for k, v in json.loads(KEYS_JSON.read_text())["keys"].items()}
+    assert not_an_sd15_base(official) is None
+    sd2_layout = {k: ([v[0], 1024] if k.endswith("attn2.to_k.weight") else v) for k, v in official.items()}
+    assert "Stable Diffusion 2.x" in not_an_sd15_base(sd2_layout)
+    with torch.device("meta"):
+        sd2 = UNet2DConditionModel(cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20], use_linear_projection=True)
+        sdxl = UNet2DConditionModel(cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+                                    projection_class_embeddings_input_dim=2816, block_out_channels=(320, 640, 1280),
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20))
+        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], latent_channels=4, layers_per_block=2,
+                            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+    shapes = lambda net: {k: list(v.shape) for k, v in net.state_dict().items()}  # noqa: E731
+    assert "Stable Diffusion 2.x" in not_an_sd15_base(shapes(sd2))
+    assert "SDXL" in not_an_sd15_base(shapes(sdxl))
+    assert "VAE" in not_an_sd15_base(shapes(vae))
+    assert "ControlNet without a base" in not_an_sd15_base({k: v for k, v in official.items() if k.startswith(CONTROL)})
