@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import pickletools
 import re
 import zipfile
 from pathlib import Path
@@ -33,6 +34,10 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = 30  # bytes of a zip local file header before its file name
 PICKLE_PROTOCOLS = range(2, 6)
+LEGACY_PICKLES = 4
+STORAGE_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                 "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1}
+_MARK = object()
 
 
 class CheckpointError(ValueError):
@@ -60,6 +65,7 @@ def load_state_dict(path: PathLike, location: str = "cpu") -> dict[str, Tensor]:
         check_zip(path)
         obj = _read(path, lambda: torch.load(path, map_location=location, weights_only=True, mmap=True))
     elif kind == "pickle":
+        check_legacy_sizes(path)
         obj = _read(path, lambda: torch.load(path, map_location=location, weights_only=True))
     elif kind == "safetensors" or suffix == ".safetensors":
         safetensors_header(path)
@@ -141,9 +147,10 @@ def safetensors_header(path: PathLike) -> dict[str, tuple[str, tuple[int, ...]]]
 
 
 def check_zip(path: Path) -> None:
-    """Check a zip archive's structure against the file: its closing directory, and for every record the local
-    header (signature, name) and the extent of its data inside the file. torch reads records by the offsets of
-    the directory and would not notice a damaged local header."""
+    """Check a zip archive's structure against the file: its closing directory, for every record the local header
+    (signature, name) and the extent of its data inside the file (torch reads records by the offsets of the
+    directory and would not notice a damaged local header), and the storage sizes its pickle declares against
+    the records holding them."""
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
@@ -158,10 +165,85 @@ def check_zip(path: Path) -> None:
                 if end > size:
                     raise corrupt(path, f"truncated: the zip record {info.filename!r} ends at byte {end}, "
                                         f"the file has {size}")
+            records = {info.filename: info.file_size for info in archive.infolist()}
+            pickled = [name for name in records if name.endswith("/data.pkl") or name == "data.pkl"]
+            if pickled and records[pickled[0]] <= MAX_HEADER:
+                prefix = pickled[0][: -len("data.pkl")]
+                with archive.open(pickled[0]) as pkl:
+                    declared = _declared_storages(pkl)
+                for key, nbytes in declared.items():
+                    held = records.get(f"{prefix}data/{key}")
+                    if held is not None and nbytes > held:
+                        raise corrupt(path, f"corrupt: storage {key} declares {nbytes} bytes, its record holds {held}")
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         if isinstance(e, CheckpointError):
             raise
         raise corrupt(path, f"truncated or corrupt zip archive (PyTorch file): {e}") from None
+
+
+def check_legacy_sizes(path: Path) -> None:
+    """A legacy (pre-zip) PyTorch file: torch allocates each storage at the size the pickle declares before it
+    reads the data, so the declared sizes are added up first, from the pickle's opcodes (nothing is executed),
+    and checked against the file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            declared = {}
+            for _ in range(LEGACY_PICKLES):  # magic number, protocol, system info, then the object with its storages
+                if not f.peek(1):
+                    break  # a plain pickle, not a torch file: torch.load says what is wrong with it
+                declared |= _declared_storages(f)
+    except Exception as e:  # a damaged pickle: pickletools raises ValueError, EOFError, ...
+        raise corrupt(path, f"unreadable: not a checkpoint, or corrupt or truncated (bad pickle data: {e})") from None
+    total = sum(declared.values())
+    if total > size:
+        raise corrupt(path, f"corrupt or truncated: its tensors declare {total} bytes, the file has {size}")
+
+
+def _declared_storages(f) -> dict[str, int]:
+    """{storage key: bytes} of the persistent ids ('storage', type, key, location, numel, ...) of one pickle,
+    by a stack machine over its opcodes that tracks constants, tuples and the memo and nothing else."""
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    found: dict[str, int] = {}
+    for op, arg, _ in pickletools.genops(f):
+        name = op.name
+        if name == "STOP":
+            break
+        if name == "MARK":
+            stack.append(_MARK)
+        elif name == "TUPLE":
+            at = _last_mark(stack)
+            stack[at:] = [tuple(stack[at + 1:])]
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            stack[-n:] = [tuple(stack[-n:])]
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg))
+        elif name == "BINPERSID":
+            pid = stack.pop()
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[4], int):
+                kind = str(pid[1]).rsplit(" ", 1)[-1].removesuffix("Storage")
+                found[str(pid[2])] = pid[4] * STORAGE_BYTES.get(kind, max(STORAGE_BYTES.values()))
+            stack.append(None)
+        elif op.arg is not None and not op.stack_before and len(op.stack_after) == 1:
+            stack.append(arg)  # a constant: string, number, or a global's "module name"
+        else:  # any other opcode: pop what it takes, push opaque results
+            before = list(op.stack_before)
+            if pickletools.markobject in before:
+                at = _last_mark(stack)
+                del stack[at:]
+                before = before[:before.index(pickletools.markobject)]
+            if before:
+                del stack[len(stack) - len(before):]
+            stack.extend([None] * len(op.stack_after))
+    return found
+
+
+def _last_mark(stack: list) -> int:
+    return len(stack) - 1 - stack[::-1].index(_MARK)
 
 
 def _entry(path: Path, name: str, info: Any) -> tuple[str, tuple[int, ...], tuple[int, int]]:

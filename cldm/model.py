@@ -16,7 +16,6 @@ optional in every file: both are fixed by the config.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -89,7 +88,7 @@ def load_base(model: nn.Module, path: PathLike, use_ema: bool = False) -> None:
     """
     source = load_state_dict(path)
     if use_ema:
-        source = _with_ema_unet(model, path, source)
+        source = _with_ema_unet(list(_part(model, lambda k: k.startswith(UNET_PREFIX))), path, source)
     _load(model, path, source, _part(model, lambda k: not k.startswith(CONTROL_PREFIX)), ignored=(CONTROL_PREFIX, EMA))
 
 
@@ -128,7 +127,7 @@ def read_parts(path: PathLike, config: ControlLDMConfig, use_ema: bool = False, 
         source = {PARTS["vae"] + k: v for k, v in source.items() if k.startswith(BARE_VAE)}  # e.g. vae-ft-mse-*.ckpt
         return {"vae": source}
     if use_ema or (not any(k.startswith(UNET_PREFIX) for k in source) and any(k.startswith(EMA) for k in source)):
-        source = _with_ema_unet(build_unet_names(config), file, source)
+        source = _with_ema_unet(unet_names(config), file, source)
     if base:
         refuse_non_sd15(file, source)
     text = PARTS["text_encoder"]
@@ -138,7 +137,8 @@ def read_parts(path: PathLike, config: ControlLDMConfig, use_ema: bool = False, 
     return {name: state for name, state in parts.items() if state}
 
 
-def build_unet_names(config: ControlLDMConfig) -> list[str]:
+def unet_names(config: ControlLDMConfig) -> list[str]:
+    """The UNet's parameter names (`model.diffusion_model.*`), from a model built on the meta device."""
     with torch.device("meta"):
         return [k for k in build_model(config).state_dict() if k.startswith(UNET_PREFIX)]
 
@@ -187,14 +187,6 @@ def diffusers_weights(folder: PathLike) -> Path:
     raise CheckpointError(folder, f"is a folder with {has} no weights file ({', '.join(DIFFUSERS_FILES[:2])}, …)")
 
 
-def diffusers_class(folder: PathLike) -> str | None:
-    """The `_class_name` of a diffusers-format folder's config.json, if it has one."""
-    try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def _part(model: nn.Module, keep) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if keep(k)}
 
@@ -203,9 +195,8 @@ def _optional(key: str) -> bool:
     return "." not in key or key == POSITION_IDS
 
 
-def _with_ema_unet(model_or_names, path: PathLike, source: dict[str, Tensor]) -> dict[str, Tensor]:
-    """`source` with its UNet weights taken from the LitEma copies (`model_ema.<name without dots>`)."""
-    names = model_or_names if isinstance(model_or_names, list) else list(_part(model_or_names, lambda k: k.startswith(UNET_PREFIX)))
+def _with_ema_unet(names: list[str], path: PathLike, source: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`source` with the UNet weights `names` taken from their LitEma copies (`model_ema.<name without dots>`)."""
     ema = {k: EMA + k[len("model."):].replace(".", "") for k in names}
     absent = [e for e in ema.values() if e not in source]
     if absent:

@@ -8,8 +8,8 @@ The base is the default SD 1.5 file, or `base=` (and `vae=`) any form `cldm.base
 single file, a diffusers folder or repo id); `status()["base"]` names it. Control weights are read with
 `cldm.model.load_control` (`control_model.*` of a full 1.0 file, a control-only or fp16 file, a diffusers
 ControlNet); a file refused there leaves the current weights in place. A small LRU cache keeps the control
-state dicts of the last few files (on the CPU), so switching between apps costs a tensor copy, not a file read. `status()` reports what was loaded how
-often (the pages show it, the tests assert on it).
+state dicts of the last few files (on the CPU), so switching between apps costs a tensor copy, not a file read.
+`status()` reports what was loaded how often (the pages show it, the tests assert on it).
 
 LoRAs (`activate(key, loras=[(name, scale), ...])`, a name being a weights key such as `lcm_lora` or a file
 path) are merged into the base's UNet and text encoder (`cldm.lora`); a request with another set unmerges the

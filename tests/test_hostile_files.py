@@ -161,7 +161,8 @@ for name, path in files.items():
         outcome = "LOADED"
     except CheckpointError as e:
         outcome = str(e)
-    report[name] = {"seconds": time.perf_counter() - start, "peak_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "outcome": outcome}
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    report[name] = {"seconds": time.perf_counter() - start, "peak_growth_mb": growth, "outcome": outcome}
 print(json.dumps(report))
 """
 

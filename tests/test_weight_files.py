@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
