@@ -38,6 +38,7 @@ LEGACY_PICKLES = 4
 STORAGE_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
                  "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1}
 _MARK = object()
+CACHE_REPOS = ("models--", "datasets--", "spaces--")
 
 
 class CheckpointError(ValueError):
@@ -266,13 +267,17 @@ def corrupt(path: Path, problem: str) -> CheckpointError:
 
 
 def hub_cache_hint(path: PathLike) -> str:
-    """For a file in the Hugging Face cache (a snapshot link to a blob): which file to delete to download it again."""
+    """For a file in the Hugging Face cache (a snapshot link to a blob, or a plain copy where links are not
+    available): which file to delete so that the next run downloads it again."""
     path = Path(path)
     blob = path.resolve()
-    if blob.parent.name != "blobs" or not blob.parent.parent.name.startswith(("models--", "datasets--", "spaces--")):
-        return ""
-    link = f" (and the link {path})" if path != blob else ""
-    return f". It is a copy in the Hugging Face cache: delete {blob}{link} and it will be downloaded again"
+    if blob.parent.name == "blobs" and blob.parent.parent.name.startswith(CACHE_REPOS):
+        link = f" (and the link {path})" if path != blob else ""
+        return f". It is a copy in the Hugging Face cache: delete {blob}{link} and it will be downloaded again"
+    parts = path.parts
+    if "snapshots" in parts and any(p.startswith(CACHE_REPOS) for p in parts[: parts.index("snapshots")]):
+        return f". It is a copy in the Hugging Face cache: delete {path} and it will be downloaded again"
+    return ""
 
 
 def _read(path: Path, reader: Any) -> Any:
