@@ -35,6 +35,12 @@ def model_options() -> argparse.ArgumentParser:
     group.add_argument("--models-dir", type=Path, default=None,
                        help="where weight files are looked for before the Hugging Face cache (default: models/)")
     group.add_argument("--offline", action="store_true", help="never download; use local files and the Hugging Face cache only")
+    group.add_argument("--base", default=None, metavar="FILE|FOLDER|REPO",
+                       help="the SD 1.5 base: a single file (.safetensors/.ckpt, EMA or not; a missing VAE or text "
+                            "encoder comes from the default SD 1.5 file) or a diffusers-format folder or hub repo id "
+                            "(default: stable-diffusion-v1-5 v1-5-pruned-emaonly.safetensors)")
+    group.add_argument("--vae", default=None, metavar="FILE|FOLDER|REPO",
+                       help="replace the base's VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors, a diffusers VAE)")
     group.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                        help="an SD 1.5 LoRA file (kohya/A1111 or diffusers/PEFT), merged at SCALE (default 1); "
                             "repeatable. The pages also offer every file in models/lora/")
@@ -98,7 +104,7 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="the Fast preset: LCM-LoRA merged, the LCM sampler, fewer steps, guidance 1")
     parser.add_argument("--a-prompt", default=A_PROMPT)
     parser.add_argument("--n-prompt", default=N_PROMPT)
-    parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's 1.0 file)")
+    parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's first, the ControlNet 1.0 fp16 file)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="an app control, e.g. --param low_threshold=50 --param detect_resolution=384")
     return parser
@@ -117,7 +123,15 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
         lora_files, chosen = find_loras(args.lora, lora_folder)
     except FileNotFoundError as err:
         raise SystemExit(f"launch.py: error: {err}") from None
-    shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny)
+    from cldm.bases import REPO_ID
+
+    if args.tiny and (args.base or args.vae):
+        raise SystemExit("launch.py: error: --base and --vae need real weights; --tiny uses random ones")
+    for option, value in (("--base", args.base), ("--vae", args.vae)):
+        if value and not Path(value).expanduser().exists() and not REPO_ID.match(value):
+            raise SystemExit(f"launch.py: error: {option} {value}: no such file or folder, and not a hub repo id (owner/name)")
+    shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny,
+                         base=args.base, vae=args.vae)
     return Backend(shared, lora_files, chosen, ResultFiles(getattr(args, "outputs", None)))
 
 

@@ -338,7 +338,7 @@ def _annotate_fn(section, backend: Backend):
 def status_text(backend: Backend) -> str:
     s = backend.model.status()
     reads = ", ".join(f"{k} ×{n}" for k, n in s["control_loads"].items()) or "none yet"
-    return (f"Model: base loads: {s['base_loads']} · active ControlNet: {s['active_control'] or 'none'} · "
+    return (f"Model: {s['base']} · base loads: {s['base_loads']} · active ControlNet: {s['active_control'] or 'none'} · "
             f"ControlNet file reads: {reads} · device {s['device']} ({s['dtype']})")
 
 

@@ -48,7 +48,7 @@ def _unit_inputs(number: int) -> list[gr.components.Component]:
                 choices = [(f"{NO_ANNOTATOR} (the image is the map)", NO_ANNOTATOR)] + \
                           [(REGISTRY[n].title, n) for n in ANNOTATOR_APPS]
                 chosen = Dropdown(label="Annotator", choices=choices, value=default, elem_id=f"{prefix}-annotator")
-                weights = Dropdown(label="ControlNet weights", choices=[(WEIGHTS[k].role, k) for k in CONTROLNETS],
+                weights = Dropdown(label="ControlNet weights", choices=[(WEIGHTS[k].label, k) for k in CONTROLNETS],
                                    value=DEFAULT_WEIGHTS[default], elem_id=f"{prefix}-weights")
                 strength = param_component(STRENGTH, f"{prefix}-strength")
                 with gr.Row():

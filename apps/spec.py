@@ -85,7 +85,7 @@ class AppSpec:
         return BEFORE_EXTRAS + self.extras + AFTER_EXTRAS
 
     def weight_choices(self) -> list[tuple[str, str]]:
-        return [(WEIGHTS[key].role, key) for key in self.weights]
+        return [(WEIGHTS[key].label, key) for key in self.weights]
 
 
 @dataclass(frozen=True)
