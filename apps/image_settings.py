@@ -46,12 +46,16 @@ def weights_key(name: str) -> str | None:
 def _controlnet(backend: Backend, key: str) -> tuple[str, str | None]:
     if backend.tiny:
         return key, None
-    return weights_name(key), short_hash(backend.model.files.resolve(key), 8)
+    path = backend.model.files.resolve(key)  # may be another published copy of the same weights
+    return Path(path).stem, short_hash(path, 8)
 
 
 def _base(backend: Backend) -> tuple[str, str | None]:
     if backend.tiny:
         return BASE_KEY, None
+    base = backend.model.base  # --base: a single file (hashed), a diffusers folder or repo id (named only)
+    if base is not None:
+        return Path(base).stem, short_hash(base) if Path(base).is_file() else None
     path = backend.model.files.resolve(BASE_KEY)
     return Path(path).stem, short_hash(path)
 
