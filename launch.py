@@ -4,6 +4,7 @@
     python launch.py --app all                # every app: ControlNet 1.0 and 1.1 tabs, multi, annotators
     python launch.py generate --app canny --image in.png --prompt "a house" --out outputs/
     python launch.py generate --app v11_inpaint --image in.png --mask mask.png --prompt "a cat" --out outputs/
+    python launch.py generate --from-png outputs/photo_canny_seed5_0.png --image in.png --out again/
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def model_options() -> argparse.ArgumentParser:
     group.add_argument("--models-dir", type=Path, default=None,
                        help="where weight files are looked for before the Hugging Face cache (default: models/)")
     group.add_argument("--offline", action="store_true", help="never download; use local files and the Hugging Face cache only")
+    group.add_argument("--base", default=None, metavar="FILE|FOLDER|REPO",
+                       help="the SD 1.5 base: a single file (.safetensors/.ckpt, EMA or not; a missing VAE or text "
+                            "encoder comes from the default SD 1.5 file) or a diffusers-format folder or hub repo id "
+                            "(default: stable-diffusion-v1-5 v1-5-pruned-emaonly.safetensors)")
+    group.add_argument("--vae", default=None, metavar="FILE|FOLDER|REPO",
+                       help="replace the base's VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors, a diffusers VAE)")
     group.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                        help="an SD 1.5 LoRA file (kohya/A1111 or diffusers/PEFT), merged at SCALE (default 1); "
                             "repeatable. The pages also offer every file in models/lora/")
@@ -68,6 +75,8 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"requests that may wait; more are refused with 'queue is full' (default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--outputs", type=Path, default=None, metavar="DIR",
+                        help="also save every result (maps and images, with their settings in the PNG) in DIR")
     return parser
 
 
@@ -85,9 +94,12 @@ def generate_parser() -> argparse.ArgumentParser:
         description="Generate without a browser: writes the detected map and the images, prints their paths.",
         epilog="apps:\n" + apps_by_group(),
     )
-    parser.add_argument("--app", required=True, choices=apps, metavar="APP", help="one of the apps listed below")
+    parser.add_argument("--app", choices=apps, metavar="APP", help="one of the apps listed below (required unless --from-png)")
     parser.add_argument("--image", required=True, type=Path, help="an input image, or a folder of them (batch)")
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", help="the prompt (required unless --from-png)")
+    parser.add_argument("--from-png", type=Path, default=None, metavar="FILE",
+                        help="take the app and every setting from a PNG made by this suite (its parameters chunk); "
+                             "options given as well override them")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--n", type=int, default=NUM_SAMPLES.default, help=f"images per input: {ranged(NUM_SAMPLES)}")
     parser.add_argument("--steps", type=int, default=None, help=f"{ranged(STEPS)}; with --fast {ranged(FAST_STEPS)}")
@@ -104,7 +116,7 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="the Fast preset: LCM-LoRA merged, the LCM sampler, fewer steps, guidance 1")
     parser.add_argument("--a-prompt", default=A_PROMPT)
     parser.add_argument("--n-prompt", default=N_PROMPT)
-    parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's own file)")
+    parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's first, its fp16 file)")
     parser.add_argument("--preprocessor", default=None, metavar="NAME",
                         help="a 1.1 app's Preprocessor choice, e.g. SoftEdge_PIDI_safe or None (default: the app's first)")
     parser.add_argument("--mask", type=Path, default=None, help="v11_inpaint: the mask image (white = repaint)")
@@ -118,6 +130,7 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
     """The shared model and the detectors, finding weights in --models-dir first, never downloading if --offline;
     the LoRA files offered: --lora ones (preselected) and those in `lora_folder`."""
     from apps.backend import Backend, find_loras
+    from apps.result_files import ResultFiles
     from cldm.shared_model import SharedModel
     from weights.files import WeightFiles
 
@@ -126,8 +139,16 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
         lora_files, chosen = find_loras(args.lora, lora_folder)
     except FileNotFoundError as err:
         raise SystemExit(f"launch.py: error: {err}") from None
-    shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny)
-    return Backend(shared, lora_files, chosen)
+    from cldm.bases import REPO_ID
+
+    if args.tiny and (args.base or args.vae):
+        raise SystemExit("launch.py: error: --base and --vae need real weights; --tiny uses random ones")
+    for option, value in (("--base", args.base), ("--vae", args.vae)):
+        if value and not Path(value).expanduser().exists() and not REPO_ID.match(value):
+            raise SystemExit(f"launch.py: error: {option} {value}: no such file or folder, and not a hub repo id (owner/name)")
+    shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny,
+                         base=args.base, vae=args.vae)
+    return Backend(shared, lora_files, chosen, ResultFiles(getattr(args, "outputs", None)))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -145,18 +166,69 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate(args: argparse.Namespace) -> int:
-    import numpy as np
-    import PIL.Image
+def explicit_options(argv: list[str]) -> set[str]:
+    """The `generate` options given on the command line (their argparse dests)."""
+    parser = generate_parser()
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(parser.parse_known_args(argv)[0]))
 
+
+def apply_png(args: argparse.Namespace, explicit: set[str]) -> str | None:
+    """Fill the options not given explicitly from --from-png's settings; an error message, or None."""
+    from apps.errors import InvalidInput
+    from apps.image_settings import restore_app
+    from apps.png_info import read_png_info
+    from apps.registry import APPS
+
+    try:
+        info = read_png_info(args.from_png)
+        if info.app not in APPS:
+            return f"{args.from_png} was made with the {info.app} page; the command runs the single apps ({', '.join(APPS)})"
+        if args.app is not None and args.app != info.app:
+            return f"{args.from_png} was made with the {info.app} app, not {args.app}: leave out --app or use {info.app}"
+        restored = restore_app(APPS[info.app], info, {})  # LoRAs come from --lora
+    except InvalidInput as err:
+        return f"--from-png {args.from_png}: {err}"
+    request = restored.request
+    v = request.values
+    settings = {"app": info.app, "prompt": request.prompt, "a_prompt": request.a_prompt, "n_prompt": request.n_prompt,
+                "n": v["num_samples"], "steps": v["ddim_steps"], "sampler": request.choices.sampler, "seed": v["seed"],
+                "image_resolution": v["image_resolution"], "strength": v["strength"], "scale": v["scale"],
+                "eta": v["eta"], "guess_mode": v.get("guess_mode", False), "fast": request.choices.fast,
+                "fast_decode": request.choices.fast_decode, "weights": request.weights,
+                "preprocessor": request.preprocessor.label if request.preprocessor else None}
+    for dest, value in settings.items():
+        if dest not in explicit:
+            setattr(args, dest, value)
+    given = {item.partition("=")[0] for item in args.param}
+    spec = APPS[info.app]
+    args.param = [f"{p.name}={v[p.name]}" for p in spec.primary + spec.extras if p.name not in given] + args.param
+    if info.loras and "lora" not in explicit:
+        print(f"launch.py generate: note: the PNG was made with LoRA(s) {', '.join(lora.name for lora in info.loras)} "
+              "(scale " + ", ".join(f"{lora.weight:g}" for lora in info.loras) + "); give them with --lora FILE:SCALE",
+              file=sys.stderr)
+    return None
+
+
+def generate(args: argparse.Namespace, explicit: set[str] | None = None) -> int:
     from dataclasses import replace
 
     from apps.controls import check_choices
     from apps.errors import USER_ERRORS, InvalidInput
+    from apps.image_settings import app_info
     from apps.images import read_image
+    from apps.png_info import save_png
     from apps.registry import APPS
     from apps.spec import run_app, validate
 
+    if args.from_png is not None:
+        problem = apply_png(args, explicit or set())
+        if problem:
+            return fail(problem)
+    for option, value in (("--app", args.app), ("--prompt", args.prompt)):
+        if value is None:
+            return fail(f"{option} is required (or --from-png FILE)")
     spec = APPS[args.app]
     if args.image.is_dir():
         inputs = sorted(p for p in args.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -175,10 +247,6 @@ def generate(args: argparse.Namespace) -> int:
               "guess_mode": args.guess_mode, "ddim_steps": args.steps, "scale": args.scale, "seed": args.seed,
               "eta": args.eta, **{p.name: p.default for p in spec.primary + spec.extras}}
     known = {p.name for p in spec.primary + spec.extras}
-    if args.denoise is not None:
-        if "denoise" not in known:
-            return fail(f"--denoise is for the tile app (v11_tile), not {args.app}")
-        values["denoise"] = args.denoise
     if args.mask is not None and not spec.paint_mask:
         return fail(f"--mask is for the inpaint app (v11_inpaint), not {args.app}")
     if spec.paint_mask and args.mask is None:
@@ -188,6 +256,10 @@ def generate(args: argparse.Namespace) -> int:
         if not sep or name not in known:
             return fail(f"--param {item!r}: expected NAME=VALUE with NAME one of: {', '.join(sorted(known)) or 'none for this app'}")
         values[name] = value.lower() in ("1", "true", "yes", "on") if isinstance(values[name], bool) else value
+    if args.denoise is not None:
+        if "denoise" not in known:
+            return fail(f"--denoise is for the tile app (v11_tile), not {args.app}")
+        values["denoise"] = args.denoise
     backend = make_backend(args)
     try:
         choices = replace(check_choices(args.sampler, args.fast, fast_decode=args.fast_decode), loras=tuple(
@@ -204,13 +276,14 @@ def generate(args: argparse.Namespace) -> int:
             result = run_app(spec, backend, app_input(spec, image, mask), request)
         except USER_ERRORS as err:
             return fail(str(err), code=1) if weight_problem(err) else fail(f"{path}: {err}")
+        info = app_info(spec, backend, request, result.seed, result.samples[0].shape[:2], result.mode)
         written = []
         if result.display_map is not None:
-            written.append(args.out / f"{path.stem}_{args.app}_{result.display_kind}.png")
-            PIL.Image.fromarray(np.ascontiguousarray(result.display_map)).save(written[0])
+            written.append(save_png(result.display_map, args.out / f"{path.stem}_{args.app}_{result.display_kind}.png",
+                                    info))
         for i, sample in enumerate(result.samples):
-            written.append(args.out / f"{path.stem}_{args.app}_seed{result.seed}_{i}.png")
-            PIL.Image.fromarray(sample).save(written[-1])
+            written.append(save_png(sample, args.out / f"{path.stem}_{args.app}_seed{result.seed}_{i}.png",
+                                    replace(info, batch_pos=i)))
         for out in written:
             print(out)
     return 0
@@ -245,7 +318,7 @@ def fail(message: str, code: int = 2) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["generate"]:
-        return generate(generate_parser().parse_args(argv[1:]))
+        return generate(generate_parser().parse_args(argv[1:]), explicit_options(argv[1:]))
     return serve(serve_parser(page_names()).parse_args(argv))
 
 

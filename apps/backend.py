@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import annotator
+from apps.result_files import ResultFiles
 from cldm.control_bank import ControlBank
 from cldm.shared_model import SharedModel
 
@@ -18,6 +19,7 @@ class Backend:
     model: SharedModel
     lora_files: dict[str, Path] = field(default_factory=dict)  # name shown on the pages -> file
     preselected_loras: tuple[tuple[str, float], ...] = ()  # (name, scale) chosen with --lora
+    results: ResultFiles = field(default_factory=ResultFiles)  # where the pages write their result PNGs
     bank: ControlBank = field(init=False)  # extra ControlNets for the multi-condition page
 
     def __post_init__(self) -> None:

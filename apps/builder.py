@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -28,7 +29,10 @@ from apps.controls import (DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, 
                            SEED, STEPS, check_choices, check_param, sampler_summary)
 from cldm.limits import FAST_SAMPLER
 from apps.errors import USER_ERRORS, InvalidInput
+from apps.image_settings import save_app_results
 from apps.images import MaskedUpload
+from apps.restore_drop import app_restorer, restore_drop, wire_restore
+from apps.space import app_duration, zero_gpu
 from apps.spec import AnnotatorSection, AppResult, AppSpec, run_app, validate
 from cldm.ddim import SamplingCancelled
 from weights.table import WEIGHTS
@@ -78,6 +82,9 @@ class CancelToken:
 
     def __deepcopy__(self, memo) -> CancelToken:
         return CancelToken()
+
+    def __reduce__(self):  # a process boundary (ZeroGPU's worker) gets a fresh token, like a new session
+        return CancelToken, ()
 
     @contextmanager
     def run(self) -> Iterator[threading.Event]:
@@ -146,18 +153,23 @@ def choice_inputs(backend: Backend, prefix: str) -> list[gr.components.Component
 
 
 def wire_fast(fast: gr.Checkbox, steps: gr.components.Component, scale: gr.components.Component,
-              choices: list[gr.components.Component], steps_param: Param = STEPS) -> None:
+              choices: list[gr.components.Component], restored: gr.State, steps_param: Param = STEPS) -> None:
     """Switching Fast sets Steps and Guidance Scale to the preset's values and ranges (or back to `steps_param`
-    and the default guidance), the sampler and Fast decode."""
+    and the default guidance), the sampler and Fast decode; not when "Restore settings" switched it
+    (`restored` holds the value it set): its values stand."""
 
-    def toggle(on: bool):
+    def toggle(on: bool, restored_to):
+        if restored_to is not None and restored_to == on:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         s, g = (FAST_STEPS, FAST_SCALE) if on else (steps_param, SCALE)
         return (gr.Slider(minimum=s.minimum, maximum=s.maximum, value=s.default),
                 gr.Slider(minimum=g.minimum, maximum=g.maximum, value=g.default),
-                gr.Dropdown(value=FAST_SAMPLER if on else DEFAULT_SAMPLER, interactive=not on), gr.Checkbox(value=on))
+                gr.Dropdown(value=FAST_SAMPLER if on else DEFAULT_SAMPLER, interactive=not on), gr.Checkbox(value=on),
+                None)
 
     sampler, fast_decode = choices[0], choices[-1]
-    fast.change(toggle, fast, [steps, scale, sampler, fast_decode], queue=False, api_visibility="private")
+    fast.change(toggle, [fast, restored], [steps, scale, sampler, fast_decode, restored], queue=False,
+                api_visibility="private")
 
 
 def result_line(seed: int, sampler: str, steps: int, fast: bool = False) -> str:
@@ -261,7 +273,7 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
                 run = gr.Button("Run", variant="primary", elem_id=f"{name}-run")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"{name}-stop")
             preprocessor = None
-            if len(spec.preprocessors) > 1:
+            if spec.preprocessor_radio:
                 preprocessor = Radio(label="Preprocessor", choices=[p.label for p in spec.preprocessors],
                                      value=spec.preprocessors[0].label, elem_id=f"{name}-preprocessor")
             primary = [param_component(p, f"{name}-{p.name}") for p in spec.primary]
@@ -278,6 +290,7 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
                                  object_fit="contain", format="png")
             seed_used = gr.Markdown(elem_id=f"{name}-seed-used")
             status = gr.Markdown(status_line(), elem_id=f"{name}-status")
+            drop, restore_message, restored = restore_drop(name)
 
     names = [p.name for p in spec.controls]
     # between the image and the controls: the mask upload (inpaint), the prompt, the Preprocessor radio (1.1)
@@ -291,25 +304,29 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
         if spec.paint_mask:
             image_value = MaskedUpload(image_value, given["mask"])
 
-        def work(on_step, on_status, on_preview) -> AppResult:
+        def work(on_step, on_status, on_preview) -> tuple[AppResult, list[Path]]:
             choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
             request = validate(spec, values, given["prompt"], a_value, n_value, weights_value, choices,
                                given.get("preprocessor"))
             on_status("Detecting the control map")
-            return run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status,
-                           on_preview=on_preview)
+            result = run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status,
+                             on_preview=on_preview)
+            return result, save_app_results(spec, backend, request, result)
 
         for kind, value in guarded_stream(cancel, progress, work):
             if kind == "preview":
                 yield preview_update(*value)
                 continue
-            shown = [] if value.display_map is None else [(value.display_map, SHOWN[value.display_kind])]
-            items = shown + [(s, f"sample {i + 1}") for i, s in enumerate(value.samples)]
-            yield items, result_line(value.seed, value.sampler, value.steps, value.fast), status_line()
+            result, files = value
+            shown = [] if result.display_map is None else [(str(files.pop(0)), SHOWN[result.display_kind])]
+            items = shown + [(str(f), f"sample {i + 1}") for i, f in enumerate(files)]
+            yield items, result_line(result.seed, result.sampler, result.steps, result.fast), status_line()
 
+    process = zero_gpu(process, app_duration(names, len(leading)))
     steps = next(p for p in spec.controls if p.name == STEPS.name)
-    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices, steps)
+    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices, restored, steps)
     inputs = [token, image, *leading.values(), *controls, a_prompt, n_prompt, weights, fast, *choices]
+    wire_restore(drop, restore_message, restored, fast, inputs[2:], app_restorer(spec, backend))
     outputs = [gallery, seed_used, status]
     clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
     submitted = prompt.submit(process, inputs, outputs, api_visibility="private", concurrency_id="generate")
@@ -367,7 +384,7 @@ def _annotate_fn(section, backend: Backend):
 def status_text(backend: Backend) -> str:
     s = backend.model.status()
     reads = ", ".join(f"{k} ×{n}" for k, n in s["control_loads"].items()) or "none yet"
-    return (f"Model: base loads: {s['base_loads']} · active ControlNet: {s['active_control'] or 'none'} · "
+    return (f"Model: {s['base']} · base loads: {s['base_loads']} · active ControlNet: {s['active_control'] or 'none'} · "
             f"ControlNet file reads: {reads} · device {s['device']} ({s['dtype']})")
 
 

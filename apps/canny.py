@@ -5,7 +5,7 @@ APP = AppSpec(
     name="canny",
     title="Canny Edge Maps",
     annotator="canny",
-    weights=("cn10_canny", "cn11_canny"),
+    weights=("cn10_canny_fp16", "cn10_canny", "cn11_canny_fp16", "cn11_canny"),
     params=detector_params("canny"),
     display=invert,
 )

@@ -5,6 +5,6 @@ APP = AppSpec(
     name="hed",
     title="HED Maps",
     annotator="hed",
-    weights=("cn10_hed", "cn11_softedge"),
+    weights=("cn10_hed_fp16", "cn10_hed", "cn11_softedge_fp16", "cn11_softedge"),
     detect_resolution=detect_resolution("HED Resolution"),
 )

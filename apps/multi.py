@@ -4,6 +4,7 @@ active window) steering one generation under one control mode. The checks, maps 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 
@@ -12,8 +13,12 @@ from apps.builder import (CancelToken, CheckedImage, Dropdown, Page, choice_inpu
                           param_component, preview_update, result_line, wire_fast)
 from apps.components import Radio
 from apps.controls import A_PROMPT, END, N_PROMPT, SCALE, START, STEPS, STRENGTH, check_choices
-from apps.multi_request import (ANNOTATOR_APPS, ANNOTATOR_TITLES, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest, MultiResult, Unit,
+from apps.image_settings import save_multi_results
+from apps.multi_request import (ANNOTATOR_APPS, ANNOTATOR_TITLES, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest,
+                                MultiResult, Unit,
                                 check_unit, run_multi, units_from_json, validate_multi)
+from apps.restore_drop import multi_restorer, restore_drop, wire_restore
+from apps.space import gpu_seconds, zero_gpu
 from cldm.control import ControlMode
 from cldm.control_bank import MAX_UNITS, ControlBank
 from weights.table import CONTROLNETS, WEIGHTS
@@ -43,14 +48,15 @@ def _unit_inputs(number: int) -> list[gr.components.Component]:
                 choices = [(f"{NO_ANNOTATOR} (the image is the map)", NO_ANNOTATOR)] + \
                           [(ANNOTATOR_TITLES[n], n) for n in ANNOTATOR_APPS]
                 chosen = Dropdown(label="Annotator", choices=choices, value=default, elem_id=f"{prefix}-annotator")
-                weights = Dropdown(label="ControlNet weights", choices=[(WEIGHTS[k].role, k) for k in CONTROLNETS],
+                weights = Dropdown(label="ControlNet weights", choices=[(WEIGHTS[k].label, k) for k in CONTROLNETS],
                                    value=DEFAULT_WEIGHTS[default], elem_id=f"{prefix}-weights")
                 strength = param_component(STRENGTH, f"{prefix}-strength")
                 with gr.Row():
                     start = param_component(START, f"{prefix}-start")
                     end = param_component(END, f"{prefix}-end")
-    chosen.change(lambda name: DEFAULT_WEIGHTS.get(name, gr.skip()), chosen, weights, queue=False,
-                  api_visibility="private")
+    # A user's pick proposes that annotator's weights (`input`: a restore sets both and keeps its weights).
+    chosen.input(lambda name: DEFAULT_WEIGHTS.get(name, gr.skip()), chosen, weights, queue=False,
+                 api_visibility="private")
     return [image, chosen, weights, strength, start, end]
 
 
@@ -81,6 +87,7 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
                                  object_fit="contain", format="png")
             seed_used = gr.Markdown(elem_id=f"{NAME}-seed-used")
             status = gr.Markdown(status_line(), elem_id=f"{NAME}-status")
+            drop, restore_message, restored = restore_drop(NAME)
             # The API's structured input (docs/multi.md); not shown on the page.
             units_json = gr.JSON(visible=False, label="units")
             unit_images = gr.File(file_count="multiple", type="filepath", visible=False, label="images")
@@ -92,19 +99,20 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, mode_value, fast_value, *choice_values = rest[len(names):]
 
-        def work(on_step, on_status, on_preview) -> tuple[MultiRequest, MultiResult]:
+        def work(on_step, on_status, on_preview) -> tuple[MultiRequest, MultiResult, list[Path]]:
             choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
             request = validate_multi(make_units(), values, prompt_value, a_value, n_value, mode_value, choices)
             on_status("Detecting the control maps")
-            return request, run_multi(backend, request, on_step=on_step, on_status=on_status, on_preview=on_preview)
+            result = run_multi(backend, request, on_step=on_step, on_status=on_status, on_preview=on_preview)
+            return request, result, save_multi_results(backend, request, result)
 
         for kind, value in guarded_stream(cancel, progress, work):
             if kind == "preview":
                 yield preview_update(*value)
-        request, result = value
-        maps = [(m, f"unit {u.number}: " + ("the image (no annotator)" if u.annotator == NO_ANNOTATOR else f"{u.annotator} map"))
-                for u, m in zip(request.units, result.maps)]
-        samples = [(s, f"sample {i + 1}") for i, s in enumerate(result.samples)]
+        request, result, files = value
+        maps = [(str(f), f"unit {u.number}: " + ("the image (no annotator)" if u.annotator == NO_ANNOTATOR else f"{u.annotator} map"))
+                for u, f in zip(request.units, files)]
+        samples = [(str(f), f"sample {i + 1}") for i, f in enumerate(files[len(request.units):])]
         line = result_line(result.seed, request.choices.sampler, request.values["ddim_steps"], request.choices.fast)
         yield maps + samples, line, f"{status_line()} · {_bank_text(backend.bank)}"
 
@@ -121,8 +129,24 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
     def process_api(cancel: CancelToken, units, images, prompt_value, *rest, progress=gr.Progress()):
         yield from respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)
 
-    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices)
+    per_unit = len(unit_inputs[0])
+
+    def page_duration(cancel, *args, **kwargs) -> int:
+        values = dict(zip(names, args[MAX_UNITS * per_unit + 1:]))
+        used = sum(args[k * per_unit] is not None for k in range(MAX_UNITS))
+        return gpu_seconds(values.get("ddim_steps"), values.get("num_samples"), values.get("image_resolution"), used)
+
+    def api_duration(cancel, units, images, prompt_value, *rest, **kwargs) -> int:
+        values = dict(zip(names, rest))
+        used = len(units) if isinstance(units, list) else MAX_UNITS
+        return gpu_seconds(values.get("ddim_steps"), values.get("num_samples"), values.get("image_resolution"), used)
+
+    process_page = zero_gpu(process_page, page_duration)
+    process_api = zero_gpu(process_api, api_duration)
+    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices, restored)
     common = [prompt, *controls, a_prompt, n_prompt, mode, fast, *choices]
+    restorable = [c for unit in unit_inputs for c in unit[1:]] + common
+    wire_restore(drop, restore_message, restored, fast, restorable, multi_restorer(backend, MAX_UNITS, names))
     outputs = [gallery, seed_used, status]
     page_inputs = [token, *(c for unit in unit_inputs for c in unit), *common]
     events = [

@@ -5,6 +5,6 @@ APP = AppSpec(
     name="pose",
     title="Human Pose",
     annotator="openpose",
-    weights=("cn10_openpose", "cn11_openpose"),
+    weights=("cn10_openpose_fp16", "cn10_openpose", "cn11_openpose_fp16", "cn11_openpose"),
     detect_resolution=detect_resolution("OpenPose Resolution"),
 )

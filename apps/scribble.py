@@ -5,6 +5,6 @@ APP = AppSpec(
     name="scribble",
     title="Scribble Maps",
     annotator="scribble",
-    weights=("cn10_scribble", "cn11_scribble"),
+    weights=("cn10_scribble_fp16", "cn10_scribble", "cn11_scribble_fp16", "cn11_scribble"),
     display=invert,
 )

@@ -25,6 +25,7 @@ from apps.controls import (A_PROMPT, AFTER_EXTRAS, BEFORE_EXTRAS, N_PROMPT, Choi
 from apps.errors import InvalidInput
 from apps.images import input_image
 from cldm.checkpoint import CheckpointError
+from cldm.control import ControlMode
 from cldm.pipeline import GenerationParams, generate
 from cldm.preview import preview_images
 from weights.files import WeightsUnavailable
@@ -72,7 +73,7 @@ class Conditioning:
     control: np.ndarray  # H×W×3 uint8, the map the ControlNet gets
     shown: np.ndarray | None  # the first gallery item (None: the gallery holds the samples only)
     shown_kind: str = "map"  # what `shown` is: "map", "input" (tile) or "hint" (inpaint)
-    mode: Any = None  # a cldm.control.ControlMode, or None: the pipeline's own choice (guess mode or not)
+    mode: ControlMode | None = None  # None: the pipeline's own choice (guess mode or not)
     init: Any = None  # a cldm.pipeline.Img2Img / Inpaint start, or None: sampling from pure noise
     seed: int | None = None  # the seed the map was made with (a random seed drawn before detection)
 
@@ -139,6 +140,11 @@ class AppSpec:
         """Every numeric/boolean control: those next to Run, then the accordion's, in order."""
         return self.primary + self.accordion
 
+    @property
+    def preprocessor_radio(self) -> bool:
+        """Whether the page shows a Preprocessor radio (two or more choices)."""
+        return len(self.preprocessors) > 1
+
     def preprocessor(self, label: Any) -> Preprocessor | None:
         """The Preprocessor choice called `label` (None or "": the default); None for an app without a choice."""
         if not self.preprocessors:
@@ -153,7 +159,7 @@ class AppSpec:
         raise InvalidInput(f"Preprocessor: {label!r} is not one of {', '.join(p.label for p in self.preprocessors)}")
 
     def weight_choices(self) -> list[tuple[str, str]]:
-        return [(WEIGHTS[key].role, key) for key in self.weights]
+        return [(WEIGHTS[key].label, key) for key in self.weights]
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,7 @@ class AppResult:
     steps: int
     fast: bool
     display_kind: str = "map"  # what display_map is: "map", "input" or "hint"
+    mode: str = "balanced"  # the control mode used (cldm.control.ControlMode's value)
 
 
 def step_callback(backend: Backend, on_step: Callable[[int, int], bool | None] | None,
@@ -303,6 +310,7 @@ def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
         decoder = backend.model.taesd() if request.choices.fast_decode else None
         result = generate(model, conditioning.control, params, callback, decoder, mode=conditioning.mode,
                           init=conditioning.init)
+    mode = conditioning.mode or (ControlMode.GUESS if params.guess_mode else ControlMode.BALANCED)
     return AppResult(display_map=conditioning.shown, samples=result.images, seed=result.seed,
                      sampler=params.sampler, steps=params.steps, fast=request.choices.fast,
-                     display_kind=conditioning.shown_kind)
+                     display_kind=conditioning.shown_kind, mode=ControlMode(mode).value)

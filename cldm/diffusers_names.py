@@ -1,4 +1,7 @@
-"""Module names of diffusers' `UNet2DConditionModel` / `ControlNetModel` and their original (openaimodel) names.
+"""Module names of diffusers' `UNet2DConditionModel` / `ControlNetModel` / `AutoencoderKL` and transformers'
+`CLIPTextModel`, and their original (ldm / openaimodel) names; `to_original` converts a diffusers-format state
+dict of one part to the keys of this repository (the official checkpoints' layout). Every diffusers-format file the
+suite reads goes through `to_original`.
 
 The two layouts hold the same layers under different paths::
 
@@ -21,6 +24,13 @@ The two layouts hold the same layers under different paths::
 (R = num_res_blocks; U counts levels from the deepest). Inside a ResBlock the names differ (`RESNET`); inside a
 transformer (`SpatialTransformer` = diffusers' `Transformer2DModel`) they are the same on both sides.
 
+The VAE (`vae_module_names`): encoder/decoder `conv_in`, `conv_out`, `conv_norm_out` -> `norm_out`,
+`down_blocks.i.resnets.j` -> `down.i.block.j` (`conv_shortcut` -> `nin_shortcut`), `downsamplers.0.conv` ->
+`downsample.conv`, `mid_block.resnets.0/1` -> `mid.block_1/2`, `mid_block.attentions.0` -> `mid.attn_1` (its
+linear `to_q/to_k/to_v/to_out.0`, older diffusers `query/key/value/proj_attn`, are the original's 1x1 convs
+`q/k/v/proj_out`: same numbers, two more dimensions), `up_blocks.U` -> `up.(L-1-U)`. The text encoder has the
+transformers names in both layouts, under `cond_stage_model.transformer.text_model.` here.
+
 The block indices, which levels have attention and which ResBlocks have a 1x1 `skip_connection` follow from the
 UNet config, so the maps are computed from it, for any channel_mult / num_res_blocks / attention_resolutions /
 transformer_depth. Only modules holding parameters (convs, linears, norms) are listed: a parameter key
@@ -31,7 +41,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cldm.config import ControlNetConfig, UNetBackboneConfig, UNetConfig
+    from torch import Tensor
+
+    from cldm.config import ControlLDMConfig, ControlNetConfig, UNetBackboneConfig, UNetConfig
+    from ldm.config import VAEConfig
 
 # diffusers ResnetBlock2D -> original ResBlock (Sequential indices: norm, SiLU, conv / SiLU, linear / norm, SiLU,
 # dropout, conv).
@@ -144,3 +157,88 @@ def rename_state_dict(state_dict: dict, names: dict[str, str]) -> tuple[dict, li
         else:
             unknown.append(key)
     return renamed, unknown
+
+
+# ---- VAE and text encoder ------------------------------------------------------------------------------------
+
+VAE_RESNET = ("norm1", "conv1", "norm2", "conv2")
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
+                 "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+TEXT_MODEL = "text_model."
+
+
+def _vae_resnet(diffusers: str, original: str, in_channels: int, out_channels: int) -> dict[str, str]:
+    names = {f"{diffusers}.{n}": f"{original}.{n}" for n in VAE_RESNET}
+    if in_channels != out_channels:
+        names[f"{diffusers}.conv_shortcut"] = f"{original}.nin_shortcut"
+    return names
+
+
+def _vae_mid(side: str, channels: int) -> dict[str, str]:
+    names = {}
+    for j in range(2):
+        names |= _vae_resnet(f"{side}.mid_block.resnets.{j}", f"{side}.mid.block_{j + 1}", channels, channels)
+    names |= {f"{side}.mid_block.attentions.0.{d}": f"{side}.mid.attn_1.{o}" for d, o in VAE_ATTENTION.items()}
+    return names
+
+
+def vae_module_names(cfg: VAEConfig) -> dict[str, str]:
+    """{diffusers `AutoencoderKL` module path: original `AutoencoderKL` module path} for every module with
+    parameters (both namings of the attention layers)."""
+    mults = [cfg.ch * m for m in cfg.ch_mult]
+    levels = len(mults)
+    names = {f"{side}.{n}": f"{side}.{n}" for side in ("encoder", "decoder") for n in ("conv_in", "conv_out")}
+    names |= {f"{side}.conv_norm_out": f"{side}.norm_out" for side in ("encoder", "decoder")}
+    names |= {n: n for n in ("quant_conv", "post_quant_conv")}
+    ch = cfg.ch
+    for i, out in enumerate(mults):
+        for j in range(cfg.num_res_blocks):
+            names |= _vae_resnet(f"encoder.down_blocks.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}", ch, out)
+            ch = out
+        if i != levels - 1:
+            names[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = f"encoder.down.{i}.downsample.conv"
+    names |= _vae_mid("encoder", mults[-1]) | _vae_mid("decoder", mults[-1])
+    ch = mults[-1]
+    for u in range(levels):
+        i = levels - 1 - u
+        for j in range(cfg.num_res_blocks + 1):
+            names |= _vae_resnet(f"decoder.up_blocks.{u}.resnets.{j}", f"decoder.up.{i}.block.{j}", ch, mults[i])
+            ch = mults[i]
+        if i != 0:
+            names[f"decoder.up_blocks.{u}.upsamplers.0.conv"] = f"decoder.up.{i}.upsample.conv"
+    return names
+
+
+# ---- one entry point -----------------------------------------------------------------------------------------
+
+PREFIXES = {"unet": "model.diffusion_model.", "controlnet": "control_model.", "vae": "first_stage_model.",
+            "text_encoder": "cond_stage_model.transformer.text_model."}
+
+
+def diffusers_part(keys) -> str | None:
+    """Which diffusers-format part a state dict is ("unet", "controlnet", "vae", "text_encoder"), None if none."""
+    keys = set(keys)
+    if "controlnet_cond_embedding.conv_in.weight" in keys:
+        return "controlnet"
+    if "time_embedding.linear_1.weight" in keys and "conv_in.weight" in keys:
+        return "unet"
+    if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in keys):
+        return "vae"
+    if any(k.startswith(("embeddings.token_embedding.", TEXT_MODEL + "embeddings.token_embedding.")) for k in keys):
+        return "text_encoder"
+    return None
+
+
+def to_original(state_dict: dict[str, Tensor], part: str, config: ControlLDMConfig) -> tuple[dict[str, Tensor], list[str]]:
+    """A diffusers-format state dict of `part` with this repository's keys (prefix included), and the keys it
+    could not place. Values are the same tensors, reshaped where the layouts differ (the VAE attention)."""
+    prefix = PREFIXES[part]
+    if part == "text_encoder":  # transformers >= 5 saves CLIPTextModel without the `text_model.` level
+        return {prefix + k.removeprefix(TEXT_MODEL): v for k, v in state_dict.items()}, []
+    names = {"unet": lambda: unet_module_names(config.unet), "controlnet": lambda: controlnet_module_names(config.control),
+             "vae": lambda: vae_module_names(config.first_stage)}[part]()
+    renamed, unknown = rename_state_dict(state_dict, names)
+    if part == "vae":
+        renamed = {k: v[:, :, None, None] if ".attn_1." in k and k.endswith(".weight") and v.ndim == 2 else v
+                   for k, v in renamed.items()}
+    return {prefix + k: v for k, v in renamed.items()}, unknown

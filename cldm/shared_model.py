@@ -4,17 +4,20 @@
     with shared.activate("cn10_canny") as model:           # base loaded once; control weights swapped in
         ...                                                # the model is locked while the block runs
 
-Control weights are read with `cldm.model.load_control` (only `control_model.*` of a full 1.0 file, or a
-1.1 control-only file); a small LRU cache keeps the control state dicts of the last few files (on the CPU),
-so switching between apps costs a tensor copy, not a file read. `status()` reports what was loaded how
-often (the pages show it, the tests assert on it).
+The base is the default SD 1.5 file, or `base=` (and `vae=`) any form `cldm.bases.load_sd_base` reads (a
+single file, a diffusers folder or repo id); `status()["base"]` names it. Control weights are read with
+`cldm.model.load_control` (`control_model.*` of a full 1.0 file, a control-only or fp16 file, a diffusers
+ControlNet); a file refused there leaves the current weights in place. A small LRU cache keeps the control
+state dicts of the last few files (on the CPU), so switching between apps costs a tensor copy, not a file read.
+`status()` reports what was loaded how often (the pages show it, the tests assert on it).
 
 LoRAs (`activate(key, loras=[(name, scale), ...])`, a name being a weights key such as `lcm_lora` or a file
 path) are merged into the base's UNet and text encoder (`cldm.lora`); a request with another set unmerges the
 previous one first, which restores the base bit for bit. Parsed LoRA files are cached (a few, on the CPU).
 
 `tiny=True`: the tiny model of `models/cldm_tiny.yaml` with seeded random weights (the same every run) and
-random control weights per key (seeded by the key); every weight is random and non-zero, the zero
+random control weights per key (seeded by the key; an fp16 copy's key by its original's, so both hold the
+same weights); every weight is random and non-zero, the zero
 convolutions included, so control changes the output as real weights do. LoRAs named by a weights key are
 seeded random ones (`cldm.lora.random_lora`). No file is read.
 """
@@ -31,11 +34,14 @@ import torch
 from torch import nn
 
 from cldm.lora import Lora, MergedLora, merge_loras, random_lora, read_lora
-from cldm.model import create_model, load_base, load_control
+from cldm.bases import describe_request, read_sd_base
+from cldm.checkpoint import CheckpointError
+from cldm.config import load_config
+from cldm.model import create_model, load_control, load_parts
 from cldm.preview import load_taesd
 from ldm.taesd import TAESD
 from weights.files import WeightFiles
-from weights.table import WEIGHTS
+from weights.table import WEIGHTS, same_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "models" / "cldm_v15.yaml"
@@ -117,8 +123,12 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
 class SharedModel:
     def __init__(self, files: WeightFiles | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
                  low_memory: bool = False, tiny: bool = False, cache_size: int | None = None,
-                 config: str | Path | None = None):
+                 config: str | Path | None = None, base: str | Path | None = None, vae: str | Path | None = None):
+        if tiny and (base is not None or vae is not None):
+            raise ValueError("a base or VAE file needs real weights; tiny mode uses random ones")
         self.config = Path(config) if config else (TINY_CONFIG if tiny else CONFIG)
+        self.base, self.vae = base, vae  # see cldm.bases: a file, a diffusers folder or repo id; None: SD 1.5
+        self.base_name = "tiny random model" if tiny else describe_request(base, vae)
         self.files = files or WeightFiles()
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -192,9 +202,11 @@ class SharedModel:
             if self.tiny:
                 model = randomize_(create_model(self.config, init_weights=False), TINY_SEED)
             else:
-                path = self.files.resolve("sd15")  # before building: a missing file fails fast
+                # Read and checked before the model is built: a missing or wrong file fails fast.
+                parts, name = read_sd_base(self.files, load_config(self.config), self.base, self.vae)
                 model = create_model(self.config, dtype=self.dtype, init_weights=False)
-                load_base(model, path)
+                load_parts(model, parts)
+                self.base_name = name
             model.low_memory = self.low_memory
             self._model = self._place(model).eval()
             self.base_loads += 1
@@ -219,11 +231,18 @@ class SharedModel:
             self._cache.move_to_end(key)
             model.control_model.load_state_dict(state)
         else:
-            self.active = None  # a failed read leaves the previous weights partly overwritten at worst
             if self.tiny:
                 model.control_model.load_state_dict(self._tiny_control(key))
             else:
-                load_control(model, self.files.resolve(key))
+                path = self.files.resolve(key)
+                # A file that cannot be read or does not fit is refused before any weight is copied: the
+                # previous weights stay in place and active; only a failure while copying loses them.
+                previous, self.active = self.active, None
+                try:
+                    load_control(model, path)
+                except CheckpointError:
+                    self.active = previous
+                    raise
             self.control_loads[key] = self.control_loads.get(key, 0) + 1
             if self.cache_size > 0:
                 self._cache[key] = {k: v.detach().to("cpu", copy=True) for k, v in model.control_model.state_dict().items()}
@@ -233,15 +252,17 @@ class SharedModel:
         self.control_swaps += 1
 
     def _tiny_control(self, key: str) -> dict[str, torch.Tensor]:
-        """Random control weights for `key`, the same every run (seeded by the key)."""
+        """Random control weights for `key`, the same every run (seeded by the key naming its weights: a smaller
+        copy of a file gets that file's weights)."""
         control = create_model(self.config, init_weights=False).control_model
-        return randomize_(control, zlib.crc32(key.encode())).state_dict()
+        return randomize_(control, zlib.crc32(same_weights(key).encode())).state_dict()
 
     # ---- state -------------------------------------------------------------------------------------------------
 
     def status(self) -> dict:
         return {
             "tiny": self.tiny,
+            "base": self.base_name,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "base_loaded": self._model is not None,

@@ -130,7 +130,7 @@ def test_weights_variant_and_base_reuse(client, files):
     state = client.predict(api_name="/status")
     assert state["base_loads"] == 1
     assert state["control_loads"]["cn11_canny"] in (before, before + 1) and state["control_loads"]["cn11_canny"] >= 1
-    assert state["active_control"] == "cn10_canny"
+    assert state["active_control"] == APPS["canny"].weights[0] == "cn10_canny_fp16"
 
 
 BAD_VALUES = [

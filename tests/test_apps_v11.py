@@ -143,8 +143,9 @@ def test_every_1_1_app_is_registered():
     assert [s.name for s in V11] == ["v11_canny", "v11_mlsd", "v11_scribble", "v11_scribble_interactive", "v11_softedge",
                                     "v11_openpose", "v11_seg", "v11_depth", "v11_normalbae", "v11_lineart",
                                     "v11_lineart_anime", "v11_shuffle", "v11_ip2p", "v11_tile", "v11_inpaint"]
-    assert all(s.weights == (f"cn11_{s.name[4:]}",) for s in V11 if s.name not in ("v11_scribble_interactive",))
-    assert APPS["v11_scribble_interactive"].weights == ("cn11_scribble",)
+    assert all(s.weights == (f"cn11_{s.name[4:]}_fp16", f"cn11_{s.name[4:]}") for s in V11
+               if s.name not in ("v11_scribble_interactive",))
+    assert APPS["v11_scribble_interactive"].weights == ("cn11_scribble_fp16", "cn11_scribble")
 
 
 def test_1_1_defaults():
@@ -192,11 +193,11 @@ def test_standard_condition_runs_the_chosen_preprocessor(image):
 
 
 def test_1_1_choices_are_multi_units(image):
-    assert "v11_lineart/Lineart_Coarse" in ANNOTATOR_APPS and DEFAULT_WEIGHTS["v11_lineart/Lineart_Coarse"] == "cn11_lineart"
+    assert "v11_lineart/Lineart_Coarse" in ANNOTATOR_APPS and DEFAULT_WEIGHTS["v11_lineart/Lineart_Coarse"] == "cn11_lineart_fp16"
     assert not any(name.startswith(("v11_tile", "v11_inpaint", "v11_shuffle", "v11_lineart_anime")) for name in ANNOTATOR_APPS)
     assert ANNOTATOR_APPS["canny"] is APPS["canny"]  # the 1.0 annotators run as before
     unit = check_unit(1, image, "v11_lineart/Lineart", params={"detect_resolution": DETECT})
-    assert unit.weights == "cn11_lineart"
+    assert unit.weights == "cn11_lineart_fp16"
     backend = RecordingBackend()
     control, shown = unit_maps(backend, unit, RESOLUTION, None)
     assert backend.calls[0][:2] == ("lineart", (384, 576, 3))
@@ -255,7 +256,7 @@ def test_shuffle_run_uses_one_seed_for_map_and_samples(backend, image):
     _, fixed = request_for("v11_shuffle", "Shuffle", seed=result.seed)
     again = run_app(spec, backend, image, fixed)
     assert np.array_equal(again.samples[0], result.samples[0])
-    assert backend.model.status()["active_control"] == "cn11_shuffle"
+    assert backend.model.status()["active_control"] == "cn11_shuffle_fp16"
 
 
 def test_tile_starts_from_the_input(image):
@@ -328,7 +329,7 @@ def test_inpaint_run_keeps_the_unmasked_pixels(backend):
     far[40:160, 80:220] = False  # the stroke (60:140, 100:200) and the blur's reach
     assert np.array_equal(result.samples[0][far], image[far])
     assert not np.array_equal(result.samples[0][100, 150], image[100, 150])
-    assert result.display_kind == "hint" and backend.model.status()["active_control"] == "cn11_inpaint"
+    assert result.display_kind == "hint" and backend.model.status()["active_control"] == "cn11_inpaint_fp16"
 
 
 def test_anime_encodes_prompts_its_way(backend, image):

@@ -24,6 +24,7 @@ from tests.apps_server import (CHROMIUM_ARGS, SCREENSHOTS, input_image_path, req
 from tests.test_apps_api import image_sizes
 from tests.test_apps_browser import TIMEOUT_MS, open_tab, set_number
 from tests.test_apps_browser import gallery_sizes as page_gallery_sizes
+from weights.table import WEIGHTS
 
 RESOLUTION = 256
 INPUT_H, INPUT_W = 256, 320  # at resolution 256 the output is 256×320
@@ -128,7 +129,7 @@ def test_a_1_1_unit_joins_a_1_0_unit(client, images):
     gallery, _, _ = client.predict(*multi_args(units, images, num_samples=1), api_name="/multi")
     assert image_sizes(gallery) == [(INPUT_H, INPUT_W)] * 3
     assert gallery[1]["caption"] == "unit 2: v11_lineart/Lineart map"
-    assert {"cn10_canny", "cn11_lineart"} <= set(client.predict(api_name="/status")["control_loads"])
+    assert {"cn10_canny_fp16", "cn11_lineart_fp16"} <= set(client.predict(api_name="/status")["control_loads"])
 
 
 @pytest.mark.parametrize("mode", ["guess", "cfg_resolution_weighting"])
@@ -203,7 +204,7 @@ def page(server, images):
             pg.locator(f"#multi-unit{number}-annotator input").click()
             pg.get_by_role("option", name=annotator, exact=False).first.click()
         expect(pg.locator("#multi-unit1-annotator input")).to_have_value("Canny Edge")
-        expect(pg.locator("#multi-unit2-weights input")).to_have_value("ControlNet 1.0 depth")  # kept for "none"
+        expect(pg.locator("#multi-unit2-weights input")).to_have_value(WEIGHTS["cn10_depth_fp16"].label)  # kept for "none"
         pg.locator("#multi-prompt textarea").fill("a test picture")
         pg.locator("#multi-advanced").get_by_text("Advanced options").click()
         yield pg

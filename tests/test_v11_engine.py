@@ -145,7 +145,7 @@ def test_conditional_mode_leaves_the_unconditional_branch_plain(model, image):
 
 
 def test_shuffle_weights_switch_pooling_on_activation():
-    assert [k for k, w in WEIGHTS.items() if w.global_average_pooling] == ["cn11_shuffle"]
+    assert [k for k, w in WEIGHTS.items() if w.global_average_pooling] == ["cn11_shuffle_fp16", "cn11_shuffle"]
     shared = SharedModel(tiny=True, device="cpu")
     with shared.activate("cn11_shuffle") as model:
         assert model.control_model.global_average_pooling is True

@@ -78,7 +78,8 @@ def v11_app(name: str, title: str, weights: str, *, preprocessors: tuple[Preproc
             max_resolution: int = IMAGE_RESOLUTION.maximum, detect_resolution: bool | None = None,
             condition: Callable[..., Conditioning] | None = preprocessed, annotator: str = "",
             **fields: Any) -> AppSpec:
-    """A 1.1 app from its own parts: the 1.1 controls around `params` (Images, Image Resolution up to
+    """A 1.1 app from its own parts (`weights`: the official file's key; the fp16 copy is the default): the 1.1
+    controls around `params` (Images, Image Resolution up to
     `max_resolution`, Control Strength, Guess Mode when the model allows it, Preprocessor Resolution when a
     choice runs a detector (or as `detect_resolution` says), Steps (default `steps`), Guidance Scale, Seed
     12345, eta 1.0), the 1.1 prompts, and the standard condition unless the app brings its own (None: the 1.0
@@ -88,7 +89,7 @@ def v11_app(name: str, title: str, weights: str, *, preprocessors: tuple[Preproc
     resolution = replace(IMAGE_RESOLUTION, maximum=max_resolution)
     fields = {"a_prompt": A_PROMPT, "n_prompt": N_PROMPT, **fields}
     return AppSpec(
-        name=name, title=title, annotator=annotator, weights=(weights,), params=params,
+        name=name, title=title, annotator=annotator, weights=(f"{weights}_fp16", weights), params=params,
         detect_resolution=DETECT_RESOLUTION if detect_resolution else None,
         preprocessors=preprocessors, condition=condition,
         before=(NUM_SAMPLES, resolution, STRENGTH) + ((GUESS_MODE,) if guess_mode else ()),
