@@ -391,3 +391,27 @@ def test_cli_checks_1_1_options(tmp_path, capsys, args, message):
     photo = write_png(tmp_path / "photo.png", synthetic_image(256, 320))
     assert generate(*args, "--image", str(photo), "--prompt", "x", "--out", str(tmp_path / "o"), "--tiny") == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_from_png_restores_the_1_1_settings(tmp_path, capsys):
+    from apps.png_info import read_png_info
+    from tests.apps_server import write_png
+
+    photo = write_png(tmp_path / "photo.png", synthetic_image(256, 320))
+    assert generate("--app", "v11_tile", "--denoise", "0.4", "--image", str(photo), "--prompt", "x",
+                    "--out", str(tmp_path / "a"), *FAST) == 0
+    sample = capsys.readouterr().out.split()[-1]
+    info = read_png_info(sample)
+    assert info.controlnets[0].params["denoise"] == 0.4 and info.controlnets[0].module == "None"
+    assert generate("--from-png", sample, "--image", str(photo), "--out", str(tmp_path / "b"), "--tiny") == 0
+    again = read_png_info(capsys.readouterr().out.split()[-1])
+    assert again.controlnets[0].params["denoise"] == 0.4 and again.app == "v11_tile"
+    assert generate("--app", "v11_softedge", "--preprocessor", "SoftEdge_HED_safe", "--param", "detect_resolution=128",
+                    "--image", str(photo), "--prompt", "x", "--out", str(tmp_path / "c"), *FAST) == 0
+    sample = capsys.readouterr().out.split()[-1]
+    assert read_png_info(sample).controlnets[0].module == "SoftEdge_HED_safe"
+    assert generate("--from-png", sample, "--image", str(photo), "--out", str(tmp_path / "d"), "--tiny") == 0
+    assert read_png_info(capsys.readouterr().out.split()[-1]).controlnets[0].module == "SoftEdge_HED_safe"
+    assert generate("--app", "v11_shuffle", "--preprocessor", "Shuffle", "--image", str(photo), "--prompt", "x",
+                    "--out", str(tmp_path / "e"), *FAST) == 0
+    assert read_png_info(capsys.readouterr().out.split()[-1]).control_mode == "conditional"
