@@ -415,3 +415,26 @@ def test_cli_from_png_restores_the_1_1_settings(tmp_path, capsys):
     assert generate("--app", "v11_shuffle", "--preprocessor", "Shuffle", "--image", str(photo), "--prompt", "x",
                     "--out", str(tmp_path / "e"), *FAST) == 0
     assert read_png_info(capsys.readouterr().out.split()[-1]).control_mode == "conditional"
+
+
+@pytest.mark.parametrize("name", ["v11_softedge", "v11_inpaint", "v11_tile"])
+def test_page_restore_fills_the_1_1_inputs(backend, name):
+    """A dropped PNG's settings in the order of the page's inputs after the image: (inpaint: the mask upload, left
+    alone), prompt, (the Preprocessor), the controls, added/negative prompt, weights, Fast, the four choices."""
+    import gradio as gr
+
+    from apps.image_settings import app_info
+    from apps.restore_drop import app_restorer
+
+    spec = APPS[name]
+    preprocessor = spec.preprocessors[-2].label if spec.preprocessor_radio else None  # not the default
+    request = validate(spec, values_for(spec), "a prompt", "a", "n", spec.weights[-1], preprocessor=preprocessor)
+    updates, message, fast = app_restorer(spec, backend)(app_info(spec, backend, request, 7, (256, 384)))
+    leading = (1 if spec.paint_mask else 0) + 1 + (1 if spec.preprocessor_radio else 0)
+    assert len(updates) == leading + len(spec.controls) + 3 + 1 + 4
+    if spec.paint_mask:
+        assert isinstance(updates[0], type(gr.skip()))
+    assert updates[leading - 1 if not spec.preprocessor_radio else leading - 2] == "a prompt"
+    if spec.preprocessor_radio:
+        assert updates[leading - 1] == "SoftEdge_HED_safe" == preprocessor
+    assert updates[leading + len(spec.controls) + 2] == spec.weights[-1] and "seed 7" in message
