@@ -1,8 +1,9 @@
 """Start the ControlNet demo suite, or generate headless.
 
     python launch.py --app canny              # one app on http://127.0.0.1:7860
-    python launch.py --app all                # every app as a tab, plus the annotator page
+    python launch.py --app all                # every app: ControlNet 1.0 and 1.1 tabs, multi, annotators
     python launch.py generate --app canny --image in.png --prompt "a house" --out outputs/
+    python launch.py generate --app v11_inpaint --image in.png --mask mask.png --prompt "a cat" --out outputs/
     python launch.py generate --from-png outputs/photo_canny_seed5_0.png --image in.png --out again/
 """
 from __future__ import annotations
@@ -21,6 +22,14 @@ def page_names() -> tuple[str, ...]:
     from apps.pages import PAGES
 
     return tuple(PAGES)
+
+
+def apps_by_group(others: tuple[str, ...] = ()) -> str:
+    """The app names, one line per group (ControlNet 1.0, ControlNet 1.1), then `others`."""
+    from apps.registry import GROUPS
+
+    lines = [f"  {group}: {', '.join(spec.name for spec in specs)}" for group, specs in GROUPS.items()]
+    return "\n".join(lines + ([f"  other pages: {', '.join(others)}"] if others else []))
 
 
 def model_options() -> argparse.ArgumentParser:
@@ -51,11 +60,13 @@ def model_options() -> argparse.ArgumentParser:
 
 def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
     default_app = "all" if os.environ.get("SPACE_ID") else "canny"
+    from apps.registry import APPS
+
     parser = argparse.ArgumentParser(
-        prog="launch.py", parents=[model_options()],
-        description="Serve the ControlNet 1.0 demo apps in the browser. "
+        prog="launch.py", parents=[model_options()], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the ControlNet 1.0 and 1.1 demo apps in the browser. "
                     "Run 'python launch.py generate --help' for the headless command.",
-        epilog=f"apps: {', '.join(pages)}, all",
+        epilog="apps:\n" + apps_by_group(tuple(p for p in pages if p not in APPS) + ("all",)),
     )
     parser.add_argument("--app", default=default_app, choices=[*pages, "all"], metavar="APP",
                         help=f"the app to serve: {', '.join(pages)}, or all (tabs) (default: {default_app})")
@@ -79,10 +90,11 @@ def generate_parser() -> argparse.ArgumentParser:
 
     apps = list(APPS)
     parser = argparse.ArgumentParser(
-        prog="launch.py generate", parents=[model_options()],
+        prog="launch.py generate", parents=[model_options()], formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate without a browser: writes the detected map and the images, prints their paths.",
+        epilog="apps:\n" + apps_by_group(),
     )
-    parser.add_argument("--app", choices=apps, metavar="APP", help=f"one of: {', '.join(apps)} (required unless --from-png)")
+    parser.add_argument("--app", choices=apps, metavar="APP", help="one of the apps listed below (required unless --from-png)")
     parser.add_argument("--image", required=True, type=Path, help="an input image, or a folder of them (batch)")
     parser.add_argument("--prompt", help="the prompt (required unless --from-png)")
     parser.add_argument("--from-png", type=Path, default=None, metavar="FILE",
@@ -104,7 +116,11 @@ def generate_parser() -> argparse.ArgumentParser:
                         help="the Fast preset: LCM-LoRA merged, the LCM sampler, fewer steps, guidance 1")
     parser.add_argument("--a-prompt", default=A_PROMPT)
     parser.add_argument("--n-prompt", default=N_PROMPT)
-    parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's first, the ControlNet 1.0 fp16 file)")
+    parser.add_argument("--weights", default=None, help="ControlNet weights key (default: the app's first, its fp16 file)")
+    parser.add_argument("--preprocessor", default=None, metavar="NAME",
+                        help="a 1.1 app's Preprocessor choice, e.g. SoftEdge_PIDI_safe or None (default: the app's first)")
+    parser.add_argument("--mask", type=Path, default=None, help="v11_inpaint: the mask image (white = repaint)")
+    parser.add_argument("--denoise", type=float, default=None, help="v11_tile: Denoising Strength, 0.1-1.0 (default 1.0)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="an app control, e.g. --param low_threshold=50 --param detect_resolution=384")
     return parser
@@ -179,13 +195,15 @@ def apply_png(args: argparse.Namespace, explicit: set[str]) -> str | None:
     settings = {"app": info.app, "prompt": request.prompt, "a_prompt": request.a_prompt, "n_prompt": request.n_prompt,
                 "n": v["num_samples"], "steps": v["ddim_steps"], "sampler": request.choices.sampler, "seed": v["seed"],
                 "image_resolution": v["image_resolution"], "strength": v["strength"], "scale": v["scale"],
-                "eta": v["eta"], "guess_mode": v["guess_mode"], "fast": request.choices.fast,
-                "fast_decode": request.choices.fast_decode, "weights": request.weights}
+                "eta": v["eta"], "guess_mode": v.get("guess_mode", False), "fast": request.choices.fast,
+                "fast_decode": request.choices.fast_decode, "weights": request.weights,
+                "preprocessor": request.preprocessor.label if request.preprocessor else None}
     for dest, value in settings.items():
         if dest not in explicit:
             setattr(args, dest, value)
     given = {item.partition("=")[0] for item in args.param}
-    args.param = [f"{p.name}={v[p.name]}" for p in APPS[info.app].extras if p.name not in given] + args.param
+    spec = APPS[info.app]
+    args.param = [f"{p.name}={v[p.name]}" for p in spec.primary + spec.extras if p.name not in given] + args.param
     if info.loras and "lora" not in explicit:
         print(f"launch.py generate: note: the PNG was made with LoRA(s) {', '.join(lora.name for lora in info.loras)} "
               "(scale " + ", ".join(f"{lora.weight:g}" for lora in info.loras) + "); give them with --lora FILE:SCALE",
@@ -227,35 +245,59 @@ def generate(args: argparse.Namespace, explicit: set[str] | None = None) -> int:
     args.scale = scale.default if args.scale is None else args.scale
     values = {"num_samples": args.n, "image_resolution": args.image_resolution, "strength": args.strength,
               "guess_mode": args.guess_mode, "ddim_steps": args.steps, "scale": args.scale, "seed": args.seed,
-              "eta": args.eta, **{p.name: p.default for p in spec.extras}}
-    known = {p.name for p in spec.extras}
+              "eta": args.eta, **{p.name: p.default for p in spec.primary + spec.extras}}
+    known = {p.name for p in spec.primary + spec.extras}
+    if args.mask is not None and not spec.paint_mask:
+        return fail(f"--mask is for the inpaint app (v11_inpaint), not {args.app}")
+    if spec.paint_mask and args.mask is None:
+        return fail("--mask FILE is required by v11_inpaint (white = repaint)")
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep or name not in known:
             return fail(f"--param {item!r}: expected NAME=VALUE with NAME one of: {', '.join(sorted(known)) or 'none for this app'}")
         values[name] = value.lower() in ("1", "true", "yes", "on") if isinstance(values[name], bool) else value
+    if args.denoise is not None:
+        if "denoise" not in known:
+            return fail(f"--denoise is for the tile app (v11_tile), not {args.app}")
+        values["denoise"] = args.denoise
     backend = make_backend(args)
     try:
         choices = replace(check_choices(args.sampler, args.fast, fast_decode=args.fast_decode), loras=tuple(
             (str(backend.lora_files[name]), scale) for name, scale in backend.preselected_loras))
-        request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights, choices)
+        request = validate(spec, values, args.prompt, args.a_prompt, args.n_prompt, args.weights, choices,
+                           args.preprocessor)
         images = [read_image(path) for path in inputs]
+        mask = read_image(args.mask) if args.mask is not None else None
     except InvalidInput as err:
         return fail(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
     for path, image in zip(inputs, images):
         try:
-            result = run_app(spec, backend, {"layers": [], "composite": image} if spec.canvas else image, request)
+            result = run_app(spec, backend, app_input(spec, image, mask), request)
         except USER_ERRORS as err:
             return fail(str(err), code=1) if weight_problem(err) else fail(f"{path}: {err}")
-        info = app_info(spec, backend, request, result.seed, result.samples[0].shape[:2])
-        written = [save_png(result.display_map, args.out / f"{path.stem}_{args.app}_map.png", info)]
+        info = app_info(spec, backend, request, result.seed, result.samples[0].shape[:2], result.mode)
+        written = []
+        if result.display_map is not None:
+            written.append(save_png(result.display_map, args.out / f"{path.stem}_{args.app}_{result.display_kind}.png",
+                                    info))
         for i, sample in enumerate(result.samples):
             written.append(save_png(sample, args.out / f"{path.stem}_{args.app}_seed{result.seed}_{i}.png",
                                     replace(info, batch_pos=i)))
         for out in written:
             print(out)
     return 0
+
+
+def app_input(spec, image, mask):
+    """What the app's page would send for `image`: a drawing canvas value, an image with its mask, or the image."""
+    from apps.images import MaskedUpload
+
+    if spec.canvas:
+        return {"layers": [], "composite": image}
+    if spec.paint_mask:
+        return MaskedUpload({"background": image, "layers": []}, mask)
+    return image
 
 
 def weight_problem(err: Exception) -> bool:

@@ -24,16 +24,18 @@ import torch
 from annotator.registry import REGISTRY, Param
 from annotator.util import check_image, resize_image
 from apps.backend import Backend
-from apps.components import CheckedImage, Dropdown, Number, Slider, user_error
-from apps.controls import (A_PROMPT, DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, N_PROMPT, SAMPLER_CHOICES, SCALE,
+from apps.components import CheckedImage, Dropdown, Number, Radio, Slider, user_error
+from apps.controls import (DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, SAMPLER_CHOICES, SCALE,
                            SEED, STEPS, check_choices, check_param, sampler_summary)
 from cldm.limits import FAST_SAMPLER
 from apps.errors import USER_ERRORS, InvalidInput
 from apps.image_settings import save_app_results
+from apps.images import MaskedUpload
 from apps.restore_drop import app_restorer, restore_drop, wire_restore
 from apps.space import app_duration, zero_gpu
 from apps.spec import AnnotatorSection, AppResult, AppSpec, run_app, validate
 from cldm.ddim import SamplingCancelled
+from weights.table import WEIGHTS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,14 +153,15 @@ def choice_inputs(backend: Backend, prefix: str) -> list[gr.components.Component
 
 
 def wire_fast(fast: gr.Checkbox, steps: gr.components.Component, scale: gr.components.Component,
-              choices: list[gr.components.Component], restored: gr.State) -> None:
-    """Switching Fast sets Steps and Guidance Scale to the preset's values and ranges (or back), the sampler and
-    Fast decode; not when "Restore settings" switched it (`restored` holds the value it set): its values stand."""
+              choices: list[gr.components.Component], restored: gr.State, steps_param: Param = STEPS) -> None:
+    """Switching Fast sets Steps and Guidance Scale to the preset's values and ranges (or back to `steps_param`
+    and the default guidance), the sampler and Fast decode; not when "Restore settings" switched it
+    (`restored` holds the value it set): its values stand."""
 
     def toggle(on: bool, restored_to):
         if restored_to is not None and restored_to == on:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
-        s, g = (FAST_STEPS, FAST_SCALE) if on else (STEPS, SCALE)
+        s, g = (FAST_STEPS, FAST_SCALE) if on else (steps_param, SCALE)
         return (gr.Slider(minimum=s.minimum, maximum=s.maximum, value=s.default),
                 gr.Slider(minimum=g.minimum, maximum=g.maximum, value=g.default),
                 gr.Dropdown(value=FAST_SAMPLER if on else DEFAULT_SAMPLER, interactive=not on), gr.Checkbox(value=on),
@@ -223,28 +226,62 @@ def preview_update(images: list, done: int, total: int) -> tuple:
             f"Sampling: step {done} of {total} (preview)", gr.skip())
 
 
+def model_line(spec: AppSpec) -> str:
+    """The page's line naming the ControlNet file it uses (from `weights.table`)."""
+    weights = WEIGHTS[spec.weights[0]]
+    others = " (other weights under *Advanced options*)" if len(spec.weights) > 1 else ""
+    return f"Model: `{weights.basename}` from `{weights.repo}` ({weights.role}){others}."
+
+
+SHOWN = {"map": "detected map", "input": "input image", "hint": "masked input (the hint)"}
+
+
+def _mask_inputs(spec: AppSpec) -> tuple[gr.ImageEditor, gr.components.Component]:
+    """The inpaint input: the image with a brush (eraser, undo) to paint the area to repaint, and an optional
+    mask image."""
+    editor = gr.ImageEditor(
+        label="Input image: paint the area to repaint", sources=["upload"], type="numpy", image_mode="RGBA",
+        brush=gr.Brush(default_size=24, colors=["#ff00ff"], default_color="#ff00ff", color_mode="fixed"),
+        eraser=gr.Eraser(default_size=24), layers=False, transforms=(), format="png", elem_id=f"{spec.name}-input",
+    )
+    gr.Markdown("Upload an image, pick the brush in the toolbar and paint over what should change (eraser and "
+                "undo are there too); or upload a mask below (white = repaint).")
+    mask = CheckedImage(label="Mask image (optional, white = repaint)", sources=["upload"], type="numpy",
+                        image_mode=None, height=200, elem_id=f"{spec.name}-mask")
+    return editor, mask
+
+
 def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
     """One generation app (the original apps' layout) inside the current Blocks/Tab context."""
     name = spec.name
     token = gr.State(CancelToken())
     with gr.Row():
         gr.Markdown(f"## Control Stable Diffusion with {spec.title}")
+    gr.Markdown("\n\n".join(filter(None, (model_line(spec), spec.notes))), elem_id=f"{name}-about")
+    mask = None
     with gr.Row():
         with gr.Column():
             if spec.canvas:
                 image = _canvas_input(spec)
+            elif spec.paint_mask:
+                image, mask = _mask_inputs(spec)
             else:
                 image = CheckedImage(label="Input image", sources=["upload"], type="numpy", image_mode=None,
                                      elem_id=f"{name}-input")
-            prompt = gr.Textbox(label="Prompt", elem_id=f"{name}-prompt")
+            prompt = gr.Textbox(label="Prompt", placeholder=spec.prompt_placeholder or None, elem_id=f"{name}-prompt")
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id=f"{name}-run")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"{name}-stop")
+            preprocessor = None
+            if spec.preprocessor_radio:
+                preprocessor = Radio(label="Preprocessor", choices=[p.label for p in spec.preprocessors],
+                                     value=spec.preprocessors[0].label, elem_id=f"{name}-preprocessor")
+            primary = [param_component(p, f"{name}-{p.name}") for p in spec.primary]
             fast = fast_switch(name)
             with gr.Accordion("Advanced options", open=False, elem_id=f"{name}-advanced"):
-                controls = [param_component(p, f"{name}-{p.name}") for p in spec.controls]
-                a_prompt = gr.Textbox(label="Added Prompt", value=A_PROMPT)
-                n_prompt = gr.Textbox(label="Negative Prompt", value=N_PROMPT)
+                controls = primary + [param_component(p, f"{name}-{p.name}") for p in spec.accordion]
+                a_prompt = gr.Textbox(label="Added Prompt", value=spec.a_prompt)
+                n_prompt = gr.Textbox(label="Negative Prompt", value=spec.n_prompt)
                 weights = Dropdown(label="ControlNet weights", choices=spec.weight_choices(), value=spec.weights[0],
                                    elem_id=f"{name}-weights")
                 choices = choice_inputs(backend, name)
@@ -256,14 +293,21 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
             drop, restore_message, restored = restore_drop(name)
 
     names = [p.name for p in spec.controls]
+    # between the image and the controls: the mask upload (inpaint), the prompt, the Preprocessor radio (1.1)
+    leading = {k: c for k, c in (("mask", mask), ("prompt", prompt), ("preprocessor", preprocessor)) if c is not None}
 
-    def process(cancel: CancelToken, image_value, prompt_value, *rest, progress=gr.Progress()):
+    def process(cancel: CancelToken, image_value, *args, progress=gr.Progress()):
+        given = dict(zip(leading, args))
+        rest = args[len(leading):]
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, weights_value, fast_value, *choice_values = rest[len(names):]
+        if spec.paint_mask:
+            image_value = MaskedUpload(image_value, given["mask"])
 
         def work(on_step, on_status, on_preview) -> tuple[AppResult, list[Path]]:
             choices = check_choices(choice_values[0], fast_value, *choice_values[1:], lora_files=backend.lora_files)
-            request = validate(spec, values, prompt_value, a_value, n_value, weights_value, choices)
+            request = validate(spec, values, given["prompt"], a_value, n_value, weights_value, choices,
+                               given.get("preprocessor"))
             on_status("Detecting the control map")
             result = run_app(spec, backend, image_value, request, on_step=on_step, on_status=on_status,
                              on_preview=on_preview)
@@ -274,12 +318,14 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
                 yield preview_update(*value)
                 continue
             result, files = value
-            items = [(str(files[0]), "detected map")] + [(str(f), f"sample {i + 1}") for i, f in enumerate(files[1:])]
+            shown = [] if result.display_map is None else [(str(files.pop(0)), SHOWN[result.display_kind])]
+            items = shown + [(str(f), f"sample {i + 1}") for i, f in enumerate(files)]
             yield items, result_line(result.seed, result.sampler, result.steps, result.fast), status_line()
 
-    process = zero_gpu(process, app_duration(names))
-    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices, restored)
-    inputs = [token, image, prompt, *controls, a_prompt, n_prompt, weights, fast, *choices]
+    process = zero_gpu(process, app_duration(names, len(leading)))
+    steps = next(p for p in spec.controls if p.name == STEPS.name)
+    wire_fast(fast, controls[names.index(STEPS.name)], controls[names.index(SCALE.name)], choices, restored, steps)
+    inputs = [token, image, *leading.values(), *controls, a_prompt, n_prompt, weights, fast, *choices]
     wire_restore(drop, restore_message, restored, fast, inputs[2:], app_restorer(spec, backend))
     outputs = [gallery, seed_used, status]
     clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
@@ -344,26 +390,38 @@ def status_text(backend: Backend) -> str:
 
 @dataclass(frozen=True)
 class Page:
-    """One page (a tab of `--app all`): its name, tab title and how it lays itself out inside the tab."""
+    """One page (a tab of `--app all`): its name, tab title and how it lays itself out inside the tab; pages of
+    one `group` (e.g. "ControlNet 1.1") sit together as the inner tabs of one outer tab."""
 
     name: str
     title: str
     build: Callable[[Backend, Callable[[], str]], None]  # (backend, status_line), inside the tab
+    group: str = ""
 
 
-def app_page(spec: AppSpec) -> Page:
-    return Page(spec.name, spec.title.removesuffix(" Maps"), lambda backend, status_line: build_app(spec, backend, status_line))
+def app_page(spec: AppSpec, group: str = "") -> Page:
+    return Page(spec.name, spec.title.removesuffix(" Maps"),
+                lambda backend, status_line: build_app(spec, backend, status_line), group)
 
 
 def annotator_page(sections: Sequence[AnnotatorSection]) -> Page:
     return Page("annotators", "Annotators", lambda backend, status_line: build_annotator_page(sections, backend))
 
 
+def group_id(group: str) -> str:
+    """The outer tab's id of a page group: "ControlNet 1.1" -> "group-controlnet-1-1"."""
+    return "group-" + "-".join("".join(c if c.isalnum() else " " for c in group.lower()).split())
+
+
 def build_demo(pages: Sequence[Page], backend: Backend, title: str = "ControlNet demo suite") -> gr.Blocks:
-    """One page alone, or several as tabs."""
+    """One page alone, or several as tabs: the pages of a group as inner tabs of the group's tab."""
 
     def status_line() -> str:
         return status_text(backend)
+
+    def tab(page: Page) -> None:
+        with gr.Tab(page.title, id=page.name, elem_id=f"tab-{page.name}"):
+            page.build(backend, status_line)
 
     with gr.Blocks(title=title) as demo:
         if backend.tiny:
@@ -371,10 +429,18 @@ def build_demo(pages: Sequence[Page], backend: Backend, title: str = "ControlNet
         if len(pages) == 1:
             pages[0].build(backend, status_line)
         else:
+            groups: dict[str, list[Page]] = {}
+            for page in pages:
+                groups.setdefault(page.group or page.name, []).append(page)
             with gr.Tabs():
-                for page in pages:
-                    with gr.Tab(page.title, id=page.name, elem_id=f"tab-{page.name}"):
-                        page.build(backend, status_line)
+                for group, members in groups.items():
+                    if not members[0].group:
+                        tab(members[0])
+                        continue
+                    with gr.Tab(group, id=group_id(group), elem_id=f"tab-{group_id(group)}"):
+                        with gr.Tabs():
+                            for page in members:
+                                tab(page)
 
         if backend.fast_by_default:
             switches = [b for b in demo.blocks.values()

@@ -78,14 +78,24 @@ def _common(app: str, backend: Backend, values: Mapping[str, Any], prompt: str, 
     )
 
 
-def app_info(spec: AppSpec, backend: Backend, request: Request, seed: int, size: tuple[int, int]) -> ImageInfo:
-    """The settings of a single app's run (`size`: the images' H×W, `seed`: the one used)."""
+def app_module(spec: AppSpec, request: Request) -> str:
+    """The preprocessor a single app ran: its annotator (1.0), the Preprocessor choice (1.1), or "none"."""
+    if request.preprocessor is not None:
+        return request.preprocessor.label
+    return spec.annotator or NO_ANNOTATOR
+
+
+def app_info(spec: AppSpec, backend: Backend, request: Request, seed: int, size: tuple[int, int],
+             mode: str | None = None) -> ImageInfo:
+    """The settings of a single app's run (`size`: the images' H×W, `seed`: the one used, `mode`: the control
+    mode used, by default the one Guess Mode chooses)."""
     v = request.values
-    unit = ControlNetInfo(0, spec.annotator, *_controlnet(backend, request.weights), weight=v["strength"],
-                          params={p.name: v[p.name] for p in spec.extras})
-    mode = ControlMode.GUESS if v["guess_mode"] else ControlMode.BALANCED
+    unit = ControlNetInfo(0, app_module(spec, request), *_controlnet(backend, request.weights), weight=v["strength"],
+                          params={p.name: v[p.name] for p in spec.primary + spec.extras})
+    if mode is None:
+        mode = (ControlMode.GUESS if v.get("guess_mode") else ControlMode.BALANCED).value
     return _common(spec.name, backend, v, request.prompt, request.a_prompt, request.n_prompt, request.choices, seed,
-                   size, mode.value, (unit,))
+                   size, mode, (unit,))
 
 
 def multi_info(backend: Backend, request: MultiRequest, seed: int, size: tuple[int, int]) -> ImageInfo:
@@ -103,9 +113,11 @@ def _results(info: ImageInfo, maps: list[tuple[np.ndarray, str]], samples: list[
 
 
 def save_app_results(spec: AppSpec, backend: Backend, request: Request, result: AppResult) -> list[Path]:
-    """A single app's map and samples as PNGs with their settings (`backend.results`); map first."""
-    info = app_info(spec, backend, request, result.seed, result.samples[0].shape[:2])
-    return backend.results.save(spec.name, result.seed, _results(info, [(result.display_map, "map")], result.samples))
+    """A single app's map (or what it shows first: the tile input, the inpaint hint; none for shuffle without
+    a preprocessor) and samples as PNGs with their settings (`backend.results`); map first."""
+    info = app_info(spec, backend, request, result.seed, result.samples[0].shape[:2], result.mode)
+    shown = [] if result.display_map is None else [(result.display_map, result.display_kind)]
+    return backend.results.save(spec.name, result.seed, _results(info, shown, result.samples))
 
 
 def save_multi_results(backend: Backend, request: MultiRequest, result: MultiResult) -> list[Path]:
@@ -166,10 +178,11 @@ def restore_app(spec: AppSpec, info: ImageInfo, lora_files: Mapping[str, Path]) 
     _check_app(info, spec.name)
     if len(info.controlnets) != 1:
         raise InvalidInput(f"This PNG lists {len(info.controlnets)} ControlNets; a single app uses one.")
-    if info.control_mode not in (ControlMode.BALANCED.value, ControlMode.GUESS.value):
+    single = (ControlMode.BALANCED.value, ControlMode.GUESS.value, ControlMode.CONDITIONAL.value)
+    if info.control_mode not in single:
         raise InvalidInput(f"Control mode {info.control_mode!r} is not available on a single app.")
     unit = info.controlnets[0]
-    extras = {p.name for p in spec.extras}
+    extras = {p.name for p in spec.primary + spec.extras}
     unknown = sorted(set(unit.params) - extras)
     if unknown:
         raise InvalidInput(f"This PNG has settings the {spec.title} app does not have: {', '.join(unknown)}.")
@@ -178,7 +191,7 @@ def restore_app(spec: AppSpec, info: ImageInfo, lora_files: Mapping[str, Path]) 
               "guess_mode": info.control_mode == ControlMode.GUESS.value, "ddim_steps": info.steps,
               "scale": info.scale, "seed": info.seed, "eta": info.eta, **unit.params}
     request = validate(spec, values, info.prompt, info.a_prompt, info.n_prompt,
-                       _weights(unit, spec.weights, "This PNG"), choices)
+                       _weights(unit, spec.weights, "This PNG"), choices, unit.module if spec.preprocessors else None)
     return Restored(request, tuple(notes))
 
 

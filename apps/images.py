@@ -1,9 +1,11 @@
 """Reading what users upload or draw into H×W×3 uint8 images, refusing what cannot be used with a message."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
@@ -50,3 +52,64 @@ def input_image(image: Any, canvas: bool = False) -> np.ndarray:
         return check_image(image)
     except AnnotatorInputError as err:
         raise InvalidInput(f"Input image: {err}") from None
+
+
+@dataclass(frozen=True)
+class MaskedUpload:
+    """An inpainting input: the image editor's value (the photo as background, the painted strokes as layers)
+    and an optional uploaded mask image (white = repaint)."""
+
+    editor: Any
+    mask: Any = None
+
+
+def masked_input(value: MaskedUpload) -> tuple[np.ndarray, np.ndarray]:
+    """(image H×W×3 uint8, mask H×W uint8 with 255 = repaint): the strokes painted on the image (any layer pixel
+    that is not transparent) together with the uploaded mask (its brightness, times its alpha if it has one),
+    resized to the image. InvalidInput when there is no image or nothing is masked."""
+    editor = value.editor if isinstance(value.editor, dict) else {"background": value.editor}
+    background = _pixels(editor.get("background"))
+    if background is None:
+        background = _pixels(editor.get("composite"))
+    if background is None:
+        raise InvalidInput("No input image: upload an image first.")
+    try:
+        image = check_image(background)
+    except AnnotatorInputError as err:
+        raise InvalidInput(f"Input image: {err}") from None
+    height, width = image.shape[:2]
+    mask = np.zeros((height, width), np.uint8)
+    for layer in filter(lambda a: a is not None, map(_pixels, editor.get("layers") or [])):
+        if layer.ndim == 3 and layer.shape[2] == 4:
+            mask = np.maximum(mask, _fit(np.where(layer[:, :, 3] > 0, 255, 0).astype(np.uint8), height, width))
+    uploaded = _pixels(value.mask)
+    if uploaded is not None:
+        mask = np.maximum(mask, _fit(mask_brightness(uploaded), height, width))
+    if not mask.any():
+        raise InvalidInput("No mask: paint over the area to repaint (or upload a mask image, white = repaint).")
+    return image, mask
+
+
+def mask_brightness(mask: np.ndarray) -> np.ndarray:
+    """An uploaded mask as H×W uint8: the brightest channel, times alpha where there is one (transparent = keep)."""
+    if mask.dtype != np.uint8 or mask.ndim not in (2, 3) or mask.ndim == 3 and mask.shape[2] not in (1, 2, 3, 4):
+        raise InvalidInput(f"Mask image: expected an 8-bit grey, RGB or RGBA image, got {mask.dtype} {mask.shape}")
+    if mask.ndim == 2:
+        return mask
+    colour = mask[:, :, : 1 if mask.shape[2] <= 2 else 3].max(axis=2)
+    if mask.shape[2] in (2, 4):
+        return (colour.astype(np.uint16) * mask[:, :, -1] // 255).astype(np.uint8)
+    return colour
+
+
+def _pixels(x: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    x = np.asarray(x)
+    return x if x.size else None
+
+
+def _fit(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask.shape[:2] == (height, width):
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)

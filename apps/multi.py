@@ -8,14 +8,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from annotator.registry import REGISTRY
 from apps.backend import Backend
 from apps.builder import (CancelToken, CheckedImage, Dropdown, Page, choice_inputs, fast_switch, guarded_stream,
                           param_component, preview_update, result_line, wire_fast)
 from apps.components import Radio
 from apps.controls import A_PROMPT, END, N_PROMPT, SCALE, START, STEPS, STRENGTH, check_choices
 from apps.image_settings import save_multi_results
-from apps.multi_request import (ANNOTATOR_APPS, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest, MultiResult, Unit,
+from apps.multi_request import (ANNOTATOR_APPS, ANNOTATOR_TITLES, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest,
+                                MultiResult, Unit,
                                 check_unit, run_multi, units_from_json, validate_multi)
 from apps.restore_drop import multi_restorer, restore_drop, wire_restore
 from apps.space import gpu_seconds, zero_gpu
@@ -46,7 +46,7 @@ def _unit_inputs(number: int) -> list[gr.components.Component]:
             with gr.Column():
                 default = "canny" if number == 1 else "depth" if number == 2 else "openpose"
                 choices = [(f"{NO_ANNOTATOR} (the image is the map)", NO_ANNOTATOR)] + \
-                          [(REGISTRY[n].title, n) for n in ANNOTATOR_APPS]
+                          [(ANNOTATOR_TITLES[n], n) for n in ANNOTATOR_APPS]
                 chosen = Dropdown(label="Annotator", choices=choices, value=default, elem_id=f"{prefix}-annotator")
                 weights = Dropdown(label="ControlNet weights", choices=[(WEIGHTS[k].label, k) for k in CONTROLNETS],
                                    value=DEFAULT_WEIGHTS[default], elem_id=f"{prefix}-weights")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -24,6 +24,7 @@ from apps.errors import InvalidInput
 from apps.images import read_image
 from apps.registry import APPS
 from apps.spec import AppSpec, control_map, generation_params, step_callback
+from apps.v11.common import preprocessed, preprocessed_maps
 from cldm.control import ControlMode, ControlUnit
 from cldm.control_bank import MAX_UNITS
 from cldm.pipeline import generate_multi
@@ -33,14 +34,24 @@ NO_ANNOTATOR = "none"
 COMMON = (NUM_SAMPLES, IMAGE_RESOLUTION, STEPS, SCALE, SEED, ETA)
 UNIT_KEYS = ("annotator", "weights", "strength", "start", "end", "params")
 
-# Each annotator runs as its single app does (the first app declaring it); one without an app runs with its
-# registry parameters on the image-resolution image.
+# Each annotator runs as its single app does (the first 1.0 app declaring it); one without an app runs with its
+# registry parameters on the image-resolution image. Each Preprocessor choice of a 1.1 app with the standard
+# 1.1 condition is a unit annotator too ("v11_softedge/SoftEdge_PIDI_safe"), made as that app makes it. Apps
+# that need more than a map (shuffle, tile, inpaint: a control mode or a start image; anime: its own text
+# encoding) do not join.
 ANNOTATOR_APPS: dict[str, AppSpec] = {}
+ANNOTATOR_TITLES: dict[str, str] = {}
 for _spec in APPS.values():
-    if not _spec.canvas:
+    if _spec.annotator and not _spec.canvas and _spec.condition is None:
         ANNOTATOR_APPS.setdefault(_spec.annotator, _spec)
 for _name in available():
     ANNOTATOR_APPS.setdefault(_name, AppSpec(_name, REGISTRY[_name].title, _name, CONTROLNETS, REGISTRY[_name].params))
+ANNOTATOR_TITLES.update({name: REGISTRY[name].title for name in ANNOTATOR_APPS})
+for _spec in APPS.values():
+    if _spec.condition is preprocessed and not _spec.generation:
+        for _choice in _spec.preprocessors:
+            ANNOTATOR_APPS[f"{_spec.name}/{_choice.label}"] = replace(_spec, preprocessors=(_choice,))
+            ANNOTATOR_TITLES[f"{_spec.name}/{_choice.label}"] = f"1.1 {_spec.title}: {_choice.label}"
 DEFAULT_WEIGHTS = {name: spec.weights[0] for name, spec in ANNOTATOR_APPS.items()}
 
 
@@ -176,6 +187,9 @@ def unit_maps(backend: Backend, unit: Unit, resolution: int, size: tuple[int, in
             control = np.ascontiguousarray(resize_image(image, resolution))
             return control, control
         spec = ANNOTATOR_APPS[unit.annotator]
+        if spec.preprocessors:
+            return preprocessed_maps(spec, backend, image, spec.preprocessors[0], resolution,
+                                     unit.params.get("detect_resolution"), {p.name: unit.params[p.name] for p in spec.params})
         detected = control_map(spec, backend, image, resolution, unit.params.get("detect_resolution"),
                                {p.name: unit.params[p.name] for p in spec.params})
     except (AnnotatorInputError, InvalidInput) as err:

@@ -62,7 +62,8 @@ def _message(info: ImageInfo, title: str, notes: Sequence[str]) -> str:
 
 
 def app_restorer(spec: AppSpec, backend: Backend) -> Restorer:
-    """For a single app's outputs: prompt, every control, added and negative prompt, weights, Fast, the choices."""
+    """For a single app's outputs: (the inpaint page's mask image: left as it is), prompt, (a 1.1 page's
+    Preprocessor), every control, added and negative prompt, weights, Fast, the choices."""
 
     def restore(info: ImageInfo) -> tuple[list, str, bool]:
         restored = restore_app(spec, info, backend.lora_files)
@@ -71,7 +72,9 @@ def app_restorer(spec: AppSpec, backend: Backend) -> Restorer:
         steps, scale = _sliders(fast, request.values[STEPS.name], request.values[SCALE.name])
         controls = [steps if p.name == STEPS.name else scale if p.name == SCALE.name else request.values[p.name]
                     for p in spec.controls]
-        updates = [request.prompt, *controls, request.a_prompt, request.n_prompt, request.weights, fast,
+        leading = [*([gr.skip()] if spec.paint_mask else []), request.prompt,
+                   *([request.preprocessor.label] if spec.preprocessor_radio else [])]
+        updates = [*leading, *controls, request.a_prompt, request.n_prompt, request.weights, fast,
                    *_choices(request.choices, restored.lora_names, restored.lora_scale)]
         return updates, _message(info, spec.title, restored.notes), fast
 

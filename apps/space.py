@@ -45,7 +45,7 @@ def gpu_seconds(steps: Any, images: Any, resolution: Any, units: int = 1) -> int
     """The GPU time to ask for (seconds). Values the request will refuse count as the largest allowed."""
     steps = min(_number(steps, limits.STEPS.maximum), limits.STEPS.maximum)
     images = min(_number(images, limits.NUM_SAMPLES.maximum), limits.NUM_SAMPLES.maximum)
-    resolution = min(_number(resolution, limits.IMAGE_RESOLUTION.maximum), limits.IMAGE_RESOLUTION.maximum)
+    resolution = min(_number(resolution, limits.LARGE_IMAGE_RESOLUTION.maximum), limits.LARGE_IMAGE_RESOLUTION.maximum)
     work = steps * images * (resolution / 512) ** 2 * (1 + EXTRA_UNIT * (max(units, 1) - 1))
     seconds = math.ceil((FIXED + PER_STEP * work) / 10) * 10
     return int(min(max(seconds, MIN_SECONDS), MAX_SECONDS))
@@ -61,10 +61,12 @@ def zero_gpu(fn: Callable, duration: Callable[..., int]) -> Callable:
     return spaces.GPU(duration=duration)(fn)
 
 
-def app_duration(names: list[str]) -> Callable[..., int]:
-    """The duration function of a single app's handler (cancel, image, prompt, *controls in `names` order, …)."""
+def app_duration(names: list[str], leading: int = 1) -> Callable[..., int]:
+    """The duration function of a single app's handler (cancel, image, the `leading` inputs before the controls:
+    the prompt, and on some pages the mask image and the Preprocessor; *controls in `names` order, …)."""
 
-    def duration(cancel, image, prompt, *rest, **kwargs) -> int:
+    def duration(cancel, image, *args, **kwargs) -> int:
+        rest = args[leading:]
         values = dict(zip(names, rest))
         return gpu_seconds(values.get("ddim_steps"), values.get("num_samples"), values.get("image_resolution"))
 
@@ -84,7 +86,9 @@ def preload_keys() -> list[str]:
     wanted = {"sd15", FAST_LORA, "taesd"}
     for spec in APPS.values():
         wanted.add(spec.weights[0])
-        wanted.update(REGISTRY[spec.annotator].weights)
+        detector = spec.preprocessors[0].detector if spec.preprocessors else spec.annotator  # the default choice's
+        if detector:
+            wanted.update(REGISTRY[detector].weights)
     return [key for key in WEIGHTS if key in wanted]
 
 

@@ -3,6 +3,10 @@ request, and the one function that turns an input image into (display map, sampl
 (`apps/builder.py`) and the headless CLI (`launch.py generate`) both run apps through `run_app`; the
 multi-condition page (`apps/multi_request.py`) makes its maps with `control_map` and its generation settings
 with `generation_params`, as the single apps do.
+
+A ControlNet 1.1 app (`apps/v11/`) also declares its Preprocessor choices and a `condition`: how its input
+becomes the map fed to the network and what the gallery shows first (and, for the special apps, the control
+mode and the image-to-image or inpainting start).
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ import numpy as np
 from annotator.registry import REGISTRY, Param
 from annotator.util import AnnotatorInputError, resize_image
 from apps.backend import Backend
-from apps.controls import AFTER_EXTRAS, BEFORE_EXTRAS, Choices, check_param, check_text, with_fast_ranges
+from apps.controls import (A_PROMPT, AFTER_EXTRAS, BEFORE_EXTRAS, N_PROMPT, Choices, check_param, check_text,
+                           with_fast_ranges)
 from apps.errors import InvalidInput
 from apps.images import input_image
 from cldm.checkpoint import CheckpointError
+from cldm.control import ControlMode
 from cldm.pipeline import GenerationParams, generate
 from cldm.preview import preview_images
 from weights.files import WeightsUnavailable
@@ -47,6 +53,31 @@ def detector_params(annotator: str, *names: str, **changes: Mapping[str, Any]) -
     return tuple(replace(p, **changes.get(p.name, {})) for p in chosen)
 
 
+@dataclass(frozen=True)
+class Preprocessor:
+    """One choice of a 1.1 app's Preprocessor radio: a registry detector with fixed keyword arguments (e.g.
+    "SoftEdge_PIDI_safe" = softedge_pidi with safe=True), or no detector: the upload already is the map."""
+
+    label: str
+    detector: str | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+NO_PREPROCESSOR = Preprocessor("None")
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What one run feeds the pipeline and shows before its samples."""
+
+    control: np.ndarray  # H×W×3 uint8, the map the ControlNet gets
+    shown: np.ndarray | None  # the first gallery item (None: the gallery holds the samples only)
+    shown_kind: str = "map"  # what `shown` is: "map", "input" (tile) or "hint" (inpaint)
+    mode: ControlMode | None = None  # None: the pipeline's own choice (guess mode or not)
+    init: Any = None  # a cldm.pipeline.Img2Img / Inpaint start, or None: sampling from pure noise
+    seed: int | None = None  # the seed the map was made with (a random seed drawn before detection)
+
+
 def identity(detected_map: np.ndarray) -> np.ndarray:
     return detected_map
 
@@ -63,6 +94,14 @@ class AppSpec:
     annotator-resolution slider, or None when the detector runs on the image-resolution image;
     `weights`: `weights.WEIGHTS` keys of the ControlNet weights offered, default first;
     `display`: the first gallery item made from the map; `to_control`: the map fed to the network.
+
+    The fields after `canvas` are those of the 1.1 apps (their defaults keep the 1.0 apps as they are):
+    `preprocessors`: the Preprocessor radio, default first (a radio is shown when there are two or more);
+    `condition(spec, backend, image, request)`: the input's way to a `Conditioning` (None: the 1.0 rule,
+    `control_map`); `finish`: applied to the map at the output size, before `display`/`to_control`;
+    `before`/`after`: the common controls around the app's own; `primary`: app controls shown next to Run;
+    `a_prompt`/`n_prompt`: the prompt fields' defaults; `generation`: extra `GenerationParams` fields;
+    `paint_mask`: the input is an image with a mask painted on it; `notes`: Markdown shown under the title.
     """
 
     name: str
@@ -74,15 +113,50 @@ class AppSpec:
     display: Callable[[np.ndarray], np.ndarray] = identity
     to_control: Callable[[np.ndarray], np.ndarray] = identity
     canvas: tuple[Param, Param] | None = None  # (width, height): the input is a drawing canvas, not an upload
+    preprocessors: tuple[Preprocessor, ...] = ()
+    condition: Callable[..., Conditioning] | None = None
+    finish: Callable[[np.ndarray], np.ndarray] = identity
+    before: tuple[Param, ...] = BEFORE_EXTRAS
+    after: tuple[Param, ...] = AFTER_EXTRAS
+    primary: tuple[Param, ...] = ()
+    a_prompt: str = A_PROMPT
+    n_prompt: str = N_PROMPT
+    generation: Mapping[str, Any] = field(default_factory=dict)
+    paint_mask: bool = False
+    prompt_placeholder: str = ""
+    notes: str = ""
 
     @property
     def extras(self) -> tuple[Param, ...]:
         return ((self.detect_resolution,) if self.detect_resolution else ()) + self.params
 
     @property
+    def accordion(self) -> tuple[Param, ...]:
+        """The controls in the "Advanced options" accordion, in order."""
+        return self.before + self.extras + self.after
+
+    @property
     def controls(self) -> tuple[Param, ...]:
-        """Every numeric/boolean control, in the accordion's order."""
-        return BEFORE_EXTRAS + self.extras + AFTER_EXTRAS
+        """Every numeric/boolean control: those next to Run, then the accordion's, in order."""
+        return self.primary + self.accordion
+
+    @property
+    def preprocessor_radio(self) -> bool:
+        """Whether the page shows a Preprocessor radio (two or more choices)."""
+        return len(self.preprocessors) > 1
+
+    def preprocessor(self, label: Any) -> Preprocessor | None:
+        """The Preprocessor choice called `label` (None or "": the default); None for an app without a choice."""
+        if not self.preprocessors:
+            if label not in (None, ""):
+                raise InvalidInput(f"Preprocessor: this app has no preprocessor choice, got {label!r}")
+            return None
+        if label is None or label == "":
+            return self.preprocessors[0]
+        for choice in self.preprocessors:
+            if choice.label == label:
+                return choice
+        raise InvalidInput(f"Preprocessor: {label!r} is not one of {', '.join(p.label for p in self.preprocessors)}")
 
     def weight_choices(self) -> list[tuple[str, str]]:
         return [(WEIGHTS[key].label, key) for key in self.weights]
@@ -118,12 +192,15 @@ class Request:
     n_prompt: str
     weights: str
     choices: Choices
+    preprocessor: Preprocessor | None = None  # the 1.1 apps' Preprocessor choice
 
 
 def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: Any, n_prompt: Any,
-             weights: Any, choices: Choices = Choices()) -> Request:
+             weights: Any, choices: Choices = Choices(), preprocessor: Any = None) -> Request:
     """Check every value of one request of app `spec` (the server never trusts slider limits); `choices`
-    (checked with `apps.controls.check_choices`) sets the ranges of Steps and Guidance Scale under Fast."""
+    (checked with `apps.controls.check_choices`) sets the ranges of Steps and Guidance Scale under Fast;
+    `preprocessor`: the label of a 1.1 app's Preprocessor choice (None: its default)."""
+    chosen = spec.preprocessor(preprocessor)
     checked = {p.name: check_param(p, values.get(p.name)) for p in with_fast_ranges(spec.controls, choices.fast)}
     if weights is None or weights == "":
         weights = spec.weights[0]
@@ -137,6 +214,7 @@ def validate(spec: AppSpec, values: Mapping[str, Any], prompt: Any, a_prompt: An
         n_prompt=check_text("Negative Prompt", n_prompt),
         weights=weights,
         choices=choices,
+        preprocessor=chosen,
     )
 
 
@@ -166,12 +244,14 @@ def control_map(spec: AppSpec, backend: Backend, image: np.ndarray, image_resolu
 
 @dataclass(frozen=True)
 class AppResult:
-    display_map: np.ndarray
+    display_map: np.ndarray | None  # the first gallery item (None: none, e.g. shuffle without a preprocessor)
     samples: list[np.ndarray]
     seed: int
     sampler: str
     steps: int
     fast: bool
+    display_kind: str = "map"  # what display_map is: "map", "input" or "hint"
+    mode: str = "balanced"  # the control mode used (cldm.control.ControlMode's value)
 
 
 def step_callback(backend: Backend, on_step: Callable[[int, int], bool | None] | None,
@@ -209,17 +289,28 @@ def run_app(spec: AppSpec, backend: Backend, image: Any, request: Request,
     TAESD previews during sampling (see `step_callback`).
     """
     status = on_status or (lambda text: None)
-    image = input_image(image, canvas=spec.canvas is not None)
-    status("Detecting the control map")
     values = request.values
-    detected = control_map(spec, backend, image, values["image_resolution"], values.get("detect_resolution"),
-                           request.detector_values)
+    if spec.condition is None:
+        image = input_image(image, canvas=spec.canvas is not None)
+        status("Detecting the control map")
+        detected = control_map(spec, backend, image, values["image_resolution"], values.get("detect_resolution"),
+                               request.detector_values)
+        conditioning = Conditioning(np.ascontiguousarray(spec.to_control(detected)), spec.display(detected))
+    else:
+        status("Detecting the control map")
+        conditioning = spec.condition(spec, backend, image, request)
     status("Loading the model")
     params = generation_params(values, request.prompt, request.a_prompt, request.n_prompt, request.choices.sampler)
+    if conditioning.seed is not None or spec.generation:
+        seed = params.seed if conditioning.seed is None else conditioning.seed
+        params = replace(params, seed=seed, **spec.generation)
     callback = step_callback(backend, on_step, on_preview)
     with backend.model.activate(request.weights, request.choices.all_loras()) as model:
         status("Sampling")
         decoder = backend.model.taesd() if request.choices.fast_decode else None
-        result = generate(model, np.ascontiguousarray(spec.to_control(detected)), params, callback, decoder)
-    return AppResult(display_map=spec.display(detected), samples=result.images, seed=result.seed,
-                     sampler=params.sampler, steps=params.steps, fast=request.choices.fast)
+        result = generate(model, conditioning.control, params, callback, decoder, mode=conditioning.mode,
+                          init=conditioning.init)
+    mode = conditioning.mode or (ControlMode.GUESS if params.guess_mode else ControlMode.BALANCED)
+    return AppResult(display_map=conditioning.shown, samples=result.images, seed=result.seed,
+                     sampler=params.sampler, steps=params.steps, fast=request.choices.fast,
+                     display_kind=conditioning.shown_kind, mode=ControlMode(mode).value)

@@ -1,6 +1,6 @@
-"""The named API endpoints of `launch.py --app all --tiny`, called with gradio_client: every app returns the
-map and the images; bad values (bypassing the sliders) are refused with a message naming the control, and
-the server keeps serving."""
+"""The named API endpoints of `launch.py --app all --tiny`, called with gradio_client: every app (1.0 and 1.1)
+returns the map and the images with its own weights active; bad values (bypassing the sliders) are refused
+with a message naming the control, and the server keeps serving."""
 from __future__ import annotations
 
 import urllib.request
@@ -13,7 +13,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from apps.annotators import SECTIONS as ANNOTATOR_SECTIONS
-from apps.controls import A_PROMPT, MAX_PROMPT_CHARS, N_PROMPT
+from apps.controls import MAX_PROMPT_CHARS
 from apps.registry import APPS
 from tests.apps_server import bad_inputs, input_image_path, shared_client, start_server, synthetic_image, write_png
 
@@ -31,25 +31,41 @@ def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("api-inputs")
     drawing = np.full((INPUT_H, INPUT_W, 3), 255, np.uint8)
     drawing[100:110, 40:280] = 0
+    layer = np.zeros((INPUT_H, INPUT_W, 4), np.uint8)  # a painted stroke: opaque where the mask is
+    layer[80:160, 100:220] = (255, 0, 255, 255)
     return {"image": input_image_path(folder, INPUT_H, INPUT_W), "drawing": write_png(folder / "drawing.png", drawing),
-            **bad_inputs(folder / "bad")}
+            "mask_layer": write_png(folder / "mask_layer.png", layer), **bad_inputs(folder / "bad")}
 
 
 def app_input(name: str, files: dict[str, Path]):
     if APPS[name].canvas:
         return {"background": None, "layers": [], "composite": handle_file(str(files["drawing"]))}
+    if APPS[name].paint_mask:
+        return {"background": handle_file(str(files["image"])), "layers": [handle_file(str(files["mask_layer"]))],
+                "composite": None}
     return handle_file(str(files["image"]))
 
 
-def app_args(name: str, image, prompt: str = "a test picture", weights: str | None = None, **values) -> list:
-    """Positional API arguments: image, prompt, every control in page order, added/negative prompt, weights."""
+def detector_choice(name: str) -> str | None:
+    """A 1.1 app's first Preprocessor choice that runs a detector (None: the app has no choice)."""
+    return next((p.label for p in APPS[name].preprocessors if p.detector), None) if len(APPS[name].preprocessors) > 1 else None
+
+
+def app_args(name: str, image, prompt: str = "a test picture", weights: str | None = None,
+             preprocessor: str | None = None, mask=None, **values) -> list:
+    """Positional API arguments: image, (inpaint: mask image), prompt, (1.1: Preprocessor), every control in page
+    order, added/negative prompt, weights."""
     spec = APPS[name]
     defaults = {p.name: p.default for p in spec.controls}
     defaults.update(num_samples=1, image_resolution=RESOLUTION, ddim_steps=1, seed=7)
     if spec.detect_resolution is not None:
         defaults["detect_resolution"] = 128  # the smallest: the random-weight detectors are the slow part
     defaults.update(values)
-    return [image, prompt, *(defaults[p.name] for p in spec.controls), A_PROMPT, N_PROMPT, weights or spec.weights[0]]
+    leading = ([mask] if spec.paint_mask else []) + [prompt]
+    if len(spec.preprocessors) > 1:
+        leading.append(preprocessor or spec.preprocessors[0].label)
+    return [image, *leading, *(defaults[p.name] for p in spec.controls), spec.a_prompt, spec.n_prompt,
+            weights or spec.weights[0]]
 
 
 def image_sizes(gallery) -> list[tuple[int, int]]:
@@ -69,10 +85,12 @@ def test_every_endpoint_is_listed(client):
 
 @pytest.mark.parametrize("name", list(APPS))
 def test_app_endpoint(client, files, name):
-    gallery, seed_text, status_text = client.predict(*app_args(name, app_input(name, files), num_samples=2), api_name=f"/{name}")
+    args = app_args(name, app_input(name, files), preprocessor=detector_choice(name), num_samples=2)
+    gallery, seed_text, status_text = client.predict(*args, api_name=f"/{name}")
     assert image_sizes(gallery) == [(INPUT_H, INPUT_W)] * 3
     assert "Seed used: **7**" in seed_text
     assert "base loads: 1" in status_text
+    assert client.predict(api_name="/status")["active_control"] == APPS[name].weights[0]
 
 
 def test_fast_streams_previews_then_the_result(client, files):
@@ -106,11 +124,12 @@ def test_random_seed_is_reported(client, files):
 
 
 def test_weights_variant_and_base_reuse(client, files):
+    before = client.predict(api_name="/status")["control_loads"].get("cn11_canny", 0)  # v11_canny may have read it
     client.predict(*app_args("canny", app_input("canny", files), weights="cn11_canny"), api_name="/canny")
     client.predict(*app_args("canny", app_input("canny", files)), api_name="/canny")
     state = client.predict(api_name="/status")
     assert state["base_loads"] == 1
-    assert state["control_loads"]["cn11_canny"] == 1
+    assert state["control_loads"]["cn11_canny"] in (before, before + 1) and state["control_loads"]["cn11_canny"] >= 1
     assert state["active_control"] == APPS["canny"].weights[0] == "cn10_canny_fp16"
 
 
@@ -143,6 +162,36 @@ def test_out_of_range_values_are_refused(client, files, control, value, label):
 def test_detect_resolution_is_checked(client, files):
     with pytest.raises(AppError, match="HED Resolution"):
         client.predict(*app_args("hed", app_input("hed", files), detect_resolution=64), api_name="/hed")
+
+
+def test_1_1_values_are_checked(client, files):
+    image = handle_file(str(files["image"]))
+    with pytest.raises(AppError, match="Preprocessor"):
+        client.predict(*app_args("v11_softedge", image, preprocessor="Canny"), api_name="/v11_softedge")
+    with pytest.raises(AppError, match="Denoising Strength"):
+        client.predict(*app_args("v11_tile", image, denoise=0.05), api_name="/v11_tile")
+    with pytest.raises(AppError, match="Mask Blur"):
+        client.predict(*app_args("v11_inpaint", app_input("v11_inpaint", files), mask_blur=9), api_name="/v11_inpaint")
+    with pytest.raises(AppError, match="No mask"):
+        client.predict(*app_args("v11_inpaint", {"background": image, "layers": [], "composite": None}),
+                       api_name="/v11_inpaint")
+    with pytest.raises(AppError, match="Image Resolution"):
+        client.predict(*app_args("v11_canny", image, image_resolution=1024), api_name="/v11_canny")
+
+
+def test_1_1_special_inputs(client, files, tmp_path):
+    image = handle_file(str(files["image"]))
+    gallery, _, _ = client.predict(*app_args("v11_shuffle", image, preprocessor="None"), api_name="/v11_shuffle")
+    assert len(gallery) == 1  # no map: the upload itself is the control
+    mask = np.zeros((INPUT_H, INPUT_W), np.uint8)
+    mask[100:150, 50:150] = 255
+    editor = {"background": image, "layers": [], "composite": None}
+    gallery, _, _ = client.predict(*app_args("v11_inpaint", editor, mask=handle_file(str(write_png(tmp_path / "m.png", mask)))),
+                                   api_name="/v11_inpaint")
+    hint = np.asarray(PIL.Image.open(gallery[0]["image"]))
+    assert image_sizes(gallery) == [(INPUT_H, INPUT_W)] * 2 and (hint[110:140, 60:140] == 0).all()
+    gallery, _, _ = client.predict(*app_args("v11_tile", image, image_resolution=1024), api_name="/v11_tile")
+    assert image_sizes(gallery) == [(INPUT_H, INPUT_W), (1024, 1280)]  # the input, then an image above 768
 
 
 def test_text_and_weights_are_checked(client, files):

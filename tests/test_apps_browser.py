@@ -1,6 +1,7 @@
 """End to end in headless Chromium: every app of `launch.py --app all --tiny` (and one single-app server)
-uploads or draws an input, runs, and shows the detected map plus the requested images at the expected size.
-Screenshots of every page go to artifacts/screenshots/. A missing browser fails these tests."""
+uploads or draws an input (the inpaint app: paints its mask with the mouse), runs, and shows the detected map
+plus the requested images at the expected size. The 1.0 and 1.1 apps sit in two group tabs. Screenshots of
+every page go to artifacts/screenshots/. A missing browser fails these tests."""
 from __future__ import annotations
 
 import itertools
@@ -14,8 +15,9 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from apps.annotators import SECTIONS as ANNOTATOR_SECTIONS
 from apps.pages import PAGES
-from apps.registry import APPS
-from apps.builder import TINY_BANNER
+from apps.registry import APPS, GROUP_OF, GROUPS
+from apps.builder import TINY_BANNER, group_id
+from weights.table import WEIGHTS
 from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server, start_server
 
 pytestmark = pytest.mark.browser
@@ -70,11 +72,17 @@ def status(server) -> dict:
 
 
 def open_tab(page: Page, name: str) -> None:
-    button = page.locator(f"#tab-{name}-button")
-    if not button.is_visible():  # tabs that do not fit sit behind the overflow menu
-        page.locator(".overflow-menu button, button.overflow-menu").first.click()
-        page.locator(".overflow-dropdown button, .overflow-item-selected, .overflow-dropdown").get_by_text(
-            button.inner_text(), exact=True).click()
+    """Open page `name`'s tab (inside its group's tab when it has one)."""
+    scope = page
+    if name in GROUP_OF:
+        group = group_id(GROUP_OF[name])
+        page.locator(f"#tab-{group}-button").click()
+        expect(page.locator(f"#tab-{group}")).to_be_visible()
+        scope = page.locator(f"#tab-{group}")
+    button = scope.locator(f"#tab-{name}-button")
+    if not button.count() or not button.is_visible():  # tabs that do not fit sit behind the overflow menu
+        scope.locator(".overflow-menu button[aria-label='More tabs']").first.click()
+        scope.locator(".overflow-dropdown button").get_by_text(PAGES[name].title, exact=True).click()
     else:
         button.click()
     expect(page.locator(f"#tab-{name}")).to_be_visible()
@@ -126,6 +134,49 @@ def draw_on_canvas(page: Page, name: str) -> None:
         page.mouse.up()
 
 
+def upload_to_editor(page: Page, name: str, image_file: Path) -> None:
+    """Upload into the image editor. An editor whose tab has only just been opened can drop an upload (its
+    canvas stays empty, "… select the draw tool to start"), so the upload is repeated until the image shows."""
+    empty = page.locator(f"#{name}-input").get_by_text("select the draw tool to start")
+    for _ in range(3):
+        page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
+        try:
+            expect(empty).to_have_count(0, timeout=5000)
+            return
+        except AssertionError:
+            continue
+    expect(empty).to_have_count(0)
+
+
+def paint_mask(page: Page, name: str) -> None:
+    """One brush stroke across the middle of the uploaded image (the editor centres the image in its canvas)."""
+    page.locator(f"#{name}-input button[aria-label='Brush']").click()
+    page.wait_for_timeout(300)
+    box = page.locator(f"#{name}-input canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 80, y)
+    page.mouse.down()
+    for k in range(1, 9):
+        page.mouse.move(x - 80 + 20 * k, y + 2 * k)
+    page.mouse.up()
+
+
+def choose_preprocessor(page: Page, name: str) -> str | None:
+    """On a 1.1 page with a Preprocessor radio, the first choice that runs a detector (Shuffle, Lineart_Anime…)."""
+    spec = APPS[name]
+    if len(spec.preprocessors) < 2:
+        return None
+    choice = next(p for p in spec.preprocessors if p.detector is not None)
+    page.locator(f"#{name}-preprocessor").get_by_label(choice.label, exact=True).check()
+    return choice.label
+
+
+def expected_items(name: str) -> int:
+    """Gallery items of a run with `choose_preprocessor`'s choice: the first item (map, input or hint), then the
+    samples (only shuffle with None would show no map)."""
+    return 1 + SAMPLES
+
+
 def run_app_page(page: Page, name: str, image_file: Path, tabs: bool = True) -> list[tuple[int, int]]:
     spec = APPS[name]
     if tabs:
@@ -136,10 +187,14 @@ def run_app_page(page: Page, name: str, image_file: Path, tabs: bool = True) -> 
         page.locator(f"#{name}-open-canvas").click()
         page.wait_for_timeout(500)
         draw_on_canvas(page, name)
+    elif spec.paint_mask:
+        upload_to_editor(page, name, image_file)
+        paint_mask(page, name)
     else:
         page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
         expect(page.locator(f"#{name}-input img").first).to_be_visible()
     page.locator(f"#{name}-prompt textarea").fill("a test picture")
+    choose_preprocessor(page, name)
     open_advanced(page, name)
     set_number(page, f"{name}-num_samples", SAMPLES)
     set_number(page, f"{name}-image_resolution", RESOLUTION)
@@ -150,19 +205,32 @@ def run_app_page(page: Page, name: str, image_file: Path, tabs: bool = True) -> 
     set_number(page, f"{name}-seed", seed)
     page.locator(f"#{name}-run").click()
     expect(page.locator(f"#{name}-seed-used")).to_contain_text(f"Seed used: {seed}", timeout=TIMEOUT_MS)
-    return gallery_sizes(page, f"{name}-gallery", 1 + SAMPLES)
+    return gallery_sizes(page, f"{name}-gallery", expected_items(name))
 
 
 def test_tiny_banner_and_tabs(page):
     expect(page.locator("#tiny-banner")).to_contain_text(TINY_BANNER)
+    for group in GROUPS:
+        expect(page.locator(f"#tab-{group_id(group)}-button")).to_have_text(group)
     for name in PAGES:
-        expect(page.locator(f"#tab-{name}-button")).to_have_count(1)
+        if name not in GROUP_OF:
+            expect(page.locator(f"#tab-{name}-button")).to_have_count(1)
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_group_tab_holds_its_apps(page, group):
+    page.locator(f"#tab-{group_id(group)}-button").click()
+    panel = page.locator(f"#tab-{group_id(group)}")
+    expect(panel).to_be_visible()
+    titles = panel.locator("[role=tablist] button[role=tab], .overflow-dropdown button").all_text_contents()
+    assert [PAGES[spec.name].title for spec in GROUPS[group]] == [t.strip() for t in titles]
 
 
 @pytest.mark.parametrize("name", list(APPS))
 def test_app_runs(page, server, image_file, name):
     sizes = run_app_page(page, name, image_file)
-    assert sizes == [(INPUT_H, INPUT_W)] * (1 + SAMPLES), sizes
+    assert sizes == [(INPUT_H, INPUT_W)] * expected_items(name), sizes
+    expect(page.locator(f"#{name}-about")).to_contain_text(WEIGHTS[APPS[name].weights[0]].basename)  # its model file
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 

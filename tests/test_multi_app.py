@@ -123,6 +123,15 @@ def test_two_units_give_two_maps_and_the_samples(client, images):
     assert "base loads: 1" in status_text
 
 
+def test_a_1_1_unit_joins_a_1_0_unit(client, images):
+    units = [{"annotator": "canny"},
+             {"annotator": "v11_lineart/Lineart", "strength": 0.8, "params": {"detect_resolution": 128}}]
+    gallery, _, _ = client.predict(*multi_args(units, images, num_samples=1), api_name="/multi")
+    assert image_sizes(gallery) == [(INPUT_H, INPUT_W)] * 3
+    assert gallery[1]["caption"] == "unit 2: v11_lineart/Lineart map"
+    assert {"cn10_canny_fp16", "cn11_lineart_fp16"} <= set(client.predict(api_name="/status")["control_loads"])
+
+
 @pytest.mark.parametrize("mode", ["guess", "cfg_resolution_weighting"])
 def test_every_mode_runs(client, images, mode):
     units = [{"annotator": "none", "weights": "cn10_depth", "strength": 1.5}, {"annotator": "scribble", "start": 0.5}]

@@ -52,9 +52,9 @@ def backend() -> Backend:
 
 
 def request_for(spec, prompt="a house", a_prompt="best quality", n_prompt="lowres", weights=None, choices=Choices(),
-                **values):
+                preprocessor=None, **values):
     controls = {p.name: p.default for p in spec.controls} | {"seed": 42} | values
-    return validate(spec, controls, prompt, a_prompt, n_prompt, weights, choices)
+    return validate(spec, controls, prompt, a_prompt, n_prompt, weights, choices, preprocessor)
 
 
 def odd_info(prompt: str, a_prompt: str = "best quality, extremely detailed", n_prompt: str = "lowres, bad") -> ImageInfo:
@@ -178,10 +178,12 @@ def test_pngs_without_settings_are_refused_clearly(tmp_path):
 def test_every_app_round_trips(name, backend, tmp_path):
     spec = APPS[name]
     extras = {p.name: (not p.default if p.kind is bool else p.maximum if p.maximum is not None else p.default)
-              for p in spec.extras}
+              for p in spec.primary + spec.extras}  # the app's own controls (1.1: Denoising Strength, Mask Blur too)
+    preprocessor = spec.preprocessors[-1].label if spec.preprocessors else None  # not the default: it round-trips
     request = request_for(spec, prompt=ODD_PROMPTS[2] + "\n" + ODD_PROMPTS[5], a_prompt="a, b: c", n_prompt="n\nm",
                           weights=spec.weights[-1], num_samples=2, image_resolution=320, strength=1.3, guess_mode=True,
-                          ddim_steps=7, scale=4.5, eta=0.5, choices=check_choices("dpmpp_2m_karras"), **extras)
+                          ddim_steps=7, scale=4.5, eta=0.5, choices=check_choices("dpmpp_2m_karras"),
+                          preprocessor=preprocessor, **extras)
     info = app_info(spec, backend, request, seed=1234, size=(320, 384))
     assert (info.app, info.model, info.model_hash, info.seed, info.width, info.height) == \
            (name, "sd15", None, 1234, 384, 320)

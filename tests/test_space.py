@@ -109,7 +109,8 @@ def test_the_space_entry_serves_everything_in_the_hardwares_precision(monkeypatc
 def test_readme_preloads_the_default_weights():
     keys = preload_keys()
     assert {"sd15", "lcm_lora", "taesd", "cn10_canny_fp16", "hed", "midas", "openpose_body", "uniformer"} <= set(keys)
-    assert not {"cn11_canny", "zoe", "lineart"} & set(keys)  # not used by the default settings
+    assert {"cn11_canny_fp16", "zoe", "lineart", "pidinet"} <= set(keys)  # the 1.1 apps' defaults (Depth_Zoe, …)
+    assert not {"cn11_canny", "lineart_coarse", "lineart_anime"} & set(keys)  # not used by the default settings
     entries = front_matter_preload(README.read_text())
     assert entries == preload_entries(), "README.md is out of date: run `python -m apps.space`"
     listed = {(e.split(" ")[0], name) for e in entries for name in e.split(" ")[1].split(",")}
