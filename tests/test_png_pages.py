@@ -21,6 +21,7 @@ from apps.png_info import parse_parameters
 from apps.registry import APPS
 from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, input_image_path, require_browser, start_server, write_png
 from tests.test_apps_browser import TIMEOUT_MS, open_advanced, open_tab
+from weights.table import WEIGHTS
 
 INPUT_H, INPUT_W = 256, 320
 CANNY = {"prompt": "a red house, by a lake:\nat dusk", "a_prompt": "sharp", "n_prompt": "blurry, dark",
@@ -155,7 +156,7 @@ def test_dropping_a_png_restores_the_page(page, client, image, canny_run, tmp_pa
                            ("eta", "0.5")]:
         number(page, f"{name}-{control}").to_have_value(value)
     expect(page.locator(f"#{name}-guess_mode input[type=checkbox]")).to_be_checked()
-    expect(page.locator(f"#{name}-weights input")).to_have_value("ControlNet 1.1 canny")
+    expect(page.locator(f"#{name}-weights input")).to_have_value(WEIGHTS["cn11_canny"].label)
     expect(page.locator(f"#{name}-sampler input")).to_have_value("Euler")
     expect(page.locator(f"#{name}-fast input[type=checkbox]")).not_to_be_checked()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -217,8 +218,8 @@ def test_dropping_a_multi_png_restores_its_units(page, client, image, tmp_path):
                                                                    "seed 31")
     expect(page.locator("#multi-restore-message")).to_contain_text("unit 2's annotator settings (detect_resolution)")
     expect(page.locator("#multi-unit1-annotator input")).to_have_value("Canny Edge")
-    expect(page.locator("#multi-unit1-weights input")).to_have_value("ControlNet 1.1 canny")
-    expect(page.locator("#multi-unit2-weights input")).to_have_value("ControlNet 1.0 scribble")
+    expect(page.locator("#multi-unit1-weights input")).to_have_value(WEIGHTS["cn11_canny"].label)
+    expect(page.locator("#multi-unit2-weights input")).to_have_value(WEIGHTS["cn10_scribble"].label)
     number(page, "multi-unit1-strength").to_have_value("0.7")
     number(page, "multi-unit1-end").to_have_value("0.8")
     number(page, "multi-unit2-strength").to_have_value("1.4")
