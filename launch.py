@@ -57,6 +57,8 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"requests that may wait; more are refused with 'queue is full' (default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--test-hold-file", type=Path, default=None, metavar="PATH",
+                        help="for tests only: a run waits after its first sampling step while PATH exists")
     return parser
 
 
@@ -100,8 +102,9 @@ def generate_parser() -> argparse.ArgumentParser:
 
 def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
     """The shared model and the detectors, finding weights in --models-dir first, never downloading if --offline;
-    the LoRA files offered: --lora ones (preselected) and those in `lora_folder`."""
+    the LoRA files offered: --lora ones (preselected) and those in `lora_folder`; the test hold (server only)."""
     from apps.backend import Backend, find_loras
+    from apps.runs import RunLog, StepHold
     from cldm.shared_model import SharedModel
     from weights.files import WeightFiles
 
@@ -111,7 +114,8 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
     except FileNotFoundError as err:
         raise SystemExit(f"launch.py: error: {err}") from None
     shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny)
-    return Backend(shared, lora_files, chosen)
+    hold = getattr(args, "test_hold_file", None)
+    return Backend(shared, lora_files, chosen, RunLog(StepHold(hold) if hold else None))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -207,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["generate"]:
         return generate(generate_parser().parse_args(argv[1:]))
+    from apps.allocator import limit_arenas
+
+    limit_arenas()  # before torch starts its threads: a server's memory stays flat over many requests
     return serve(serve_parser(page_names()).parse_args(argv))
 
 

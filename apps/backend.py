@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import annotator
+from apps.runs import RunLog
 from cldm.control_bank import ControlBank
 from cldm.shared_model import SharedModel
 
@@ -18,6 +19,7 @@ class Backend:
     model: SharedModel
     lora_files: dict[str, Path] = field(default_factory=dict)  # name shown on the pages -> file
     preselected_loras: tuple[tuple[str, float], ...] = ()  # (name, scale) chosen with --lora
+    runs: RunLog = field(default_factory=RunLog)  # the generation runs served (and the test hold, if any)
     bank: ControlBank = field(init=False)  # extra ControlNets for the multi-condition page
 
     def __post_init__(self) -> None:
