@@ -3,7 +3,14 @@ server-side checks of everything a page (or an API caller) sends.
 
 One `Blocks` serves one page or several as tabs (`build_demo`); every app gets a named API endpoint
 (`/canny`, `/mlsd`, …, `/annotate_<section>` on the annotator page) and `/status` reports the shared
-model's state (what was loaded how often).
+model's state (what was loaded how often) and the runs served.
+
+Concurrency: one generation at a time per process (`GENERATE_SLOT`, shared by every app and the multi page,
+which share one model whose ControlNet weights and LoRAs change per request; the model's lock covers the
+swap, the merge and the sampling); annotator previews have a slot of their own (`ANNOTATE_SLOT`) and run
+beside a generation. A generation runs in a worker thread owned by its event's generator (`guarded_stream`):
+when Gradio cancels or closes it (Stop, `job.cancel()`, a closed page) the sampler stops at its next step and
+the slot is free at once. The queue's bound (`--max-queue`) is Gradio's: beyond it a request is refused at once.
 """
 from __future__ import annotations
 
