@@ -93,7 +93,7 @@ class CancelToken:
     @contextmanager
     def run(self, flag: threading.Event | None = None) -> Iterator[threading.Event]:
         """A run's flag (`flag`, or a new one), set by `stop` while the run lasts."""
-        flag = flag or threading.Event()
+        flag = flag if flag is not None else threading.Event()
         with self._lock:
             self._running.add(flag)
         try:
