@@ -49,6 +49,7 @@ CSS = """
 #tiny-banner p { color: white; font-weight: 700; margin: 0; }
 """
 MAX_UPLOAD = "50mb"
+CACHE_LIFETIME_S = 3600  # uploads and results Gradio keeps on disk are deleted after an hour (checked hourly)
 # One generation at a time per process, shared by every app and the multi page: they share one model whose
 # ControlNet weights and LoRAs change per request. Annotator previews have a slot of their own (see README).
 GENERATE_SLOT = {"concurrency_id": "generate", "concurrency_limit": 1}
@@ -413,7 +414,7 @@ def build_demo(pages: Sequence[Page], backend: Backend, title: str = "ControlNet
     def status_line() -> str:
         return status_text(backend)
 
-    with gr.Blocks(title=title) as demo:
+    with gr.Blocks(title=title, delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S)) as demo:
         if backend.tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
         if len(pages) == 1:

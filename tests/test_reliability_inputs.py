@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import pytest
 from gradio_client import handle_file
@@ -209,6 +209,21 @@ def test_missing_image_is_refused(client, endpoint):
         refused(client, app_call(endpoint, None), "No drawing: open the canvas and draw something first")
     else:
         refused(client, image_call(endpoint, None), "No input image: upload an image first")
+
+
+def test_an_upload_over_the_size_limit_is_refused(client, server, good, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(good.read_bytes() + b"\0" * (50 * 2**20))  # a readable PNG, 50 MB of padding after it
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 52428800 bytes"):  # gradio_client checks first
+        client.predict(*app_call("canny", handle_file(str(big)))[0], api_name="/canny")
+    boundary = "corpus-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{server.url}gradio_api/upload", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as err:  # and the server refuses it from any other client
+        urllib.request.urlopen(request, timeout=120)
+    assert err.value.code == 413 and "maximum allowed size of 52428800 bytes" in err.value.read().decode()
 
 
 # ---- values ------------------------------------------------------------------------------------------------------
