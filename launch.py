@@ -77,6 +77,8 @@ def serve_parser(pages: tuple[str, ...]) -> argparse.ArgumentParser:
                         help=f"requests that may wait; more are refused with 'queue is full' (default {DEFAULT_MAX_QUEUE})")
     parser.add_argument("--outputs", type=Path, default=None, metavar="DIR",
                         help="also save every result (maps and images, with their settings in the PNG) in DIR")
+    parser.add_argument("--test-hold-file", type=Path, default=None, metavar="PATH",
+                        help="for tests only: a run waits after its first sampling step while PATH exists")
     return parser
 
 
@@ -128,9 +130,10 @@ def generate_parser() -> argparse.ArgumentParser:
 
 def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
     """The shared model and the detectors, finding weights in --models-dir first, never downloading if --offline;
-    the LoRA files offered: --lora ones (preselected) and those in `lora_folder`."""
+    the LoRA files offered: --lora ones (preselected) and those in `lora_folder`; the test hold (server only)."""
     from apps.backend import Backend, find_loras
     from apps.result_files import ResultFiles
+    from apps.runs import RunLog, StepHold
     from cldm.shared_model import SharedModel
     from weights.files import WeightFiles
 
@@ -148,7 +151,9 @@ def make_backend(args: argparse.Namespace, lora_folder: Path | None = None):
             raise SystemExit(f"launch.py: error: {option} {value}: no such file or folder, and not a hub repo id (owner/name)")
     shared = SharedModel(files=files, device=args.device, dtype=args.dtype, low_memory=args.low_memory, tiny=args.tiny,
                          base=args.base, vae=args.vae)
-    return Backend(shared, lora_files, chosen, ResultFiles(getattr(args, "outputs", None)))
+    hold = getattr(args, "test_hold_file", None)
+    return Backend(shared, lora_files, chosen, ResultFiles(getattr(args, "outputs", None)),
+                   RunLog(StepHold(hold) if hold else None))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -319,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["generate"]:
         return generate(generate_parser().parse_args(argv[1:]), explicit_options(argv[1:]))
+    from apps.allocator import limit_arenas
+
+    limit_arenas()  # before torch starts its threads: a server's memory stays flat over many requests
     return serve(serve_parser(page_names()).parse_args(argv))
 
 

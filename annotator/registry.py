@@ -302,22 +302,27 @@ def spec(name: str) -> DetectorSpec:
 
 
 class Annotator:
-    """A built detector bound to its spec: checks the image and the parameters, then runs it."""
+    """A built detector bound to its spec: checks the image and the parameters, then runs it (one call at a time:
+    a page's preview and a generation may ask for the same detector at once)."""
 
     def __init__(self, spec: DetectorSpec, detector: Detector):
         self.spec = spec
         self.detector = detector
+        self._lock = threading.Lock()
 
     def __call__(self, image, **params) -> np.ndarray:
-        return self.detector(check_image(image), **self.spec.validate(params))
+        image, values = check_image(image), self.spec.validate(params)
+        with self._lock:
+            return self.detector(image, **values)
 
     def control_map(self, image, size: tuple[int, int], **params) -> np.ndarray:
         """The apps' rule: detect on `image` (detect resolution), then resize the map to size = (H, W)."""
         image, values = check_image(image), self.spec.validate(params)
         interpolation = self.spec.map_interpolation
-        if self.spec.finish_after_resize:
-            return self.detector.finish(resize_map(self.detector.prepare(image, **values), size, interpolation))
-        return resize_map(self.detector(image, **values), size, interpolation)
+        with self._lock:
+            if self.spec.finish_after_resize:
+                return self.detector.finish(resize_map(self.detector.prepare(image, **values), size, interpolation))
+            return resize_map(self.detector(image, **values), size, interpolation)
 
 
 # Built detectors. Networks are big, so only detectors of one weight set stay resident (depth and

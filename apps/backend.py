@@ -7,6 +7,7 @@ from pathlib import Path
 
 import annotator
 from apps.result_files import ResultFiles
+from apps.runs import RunLog
 from cldm.control_bank import ControlBank
 from cldm.shared_model import SharedModel
 
@@ -20,6 +21,7 @@ class Backend:
     lora_files: dict[str, Path] = field(default_factory=dict)  # name shown on the pages -> file
     preselected_loras: tuple[tuple[str, float], ...] = ()  # (name, scale) chosen with --lora
     results: ResultFiles = field(default_factory=ResultFiles)  # where the pages write their result PNGs
+    runs: RunLog = field(default_factory=RunLog)  # the generation runs served (and the test hold, if any)
     bank: ControlBank = field(init=False)  # extra ControlNets for the multi-condition page
 
     def __post_init__(self) -> None:

@@ -3,16 +3,23 @@ server-side checks of everything a page (or an API caller) sends.
 
 One `Blocks` serves one page or several as tabs (`build_demo`); every app gets a named API endpoint
 (`/canny`, `/mlsd`, …, `/annotate_<section>` on the annotator page) and `/status` reports the shared
-model's state (what was loaded how often).
+model's state (what was loaded how often) and the runs served.
+
+Concurrency: one generation at a time per process (`GENERATE_SLOT`, shared by every app and the multi page,
+which share one model whose ControlNet weights and LoRAs change per request; the model's lock covers the
+swap, the merge and the sampling); annotator previews have a slot of their own (`ANNOTATE_SLOT`) and run
+beside a generation. A generation runs in a worker thread owned by its event's generator (`guarded_stream`):
+when Gradio cancels or closes it (Stop, `job.cancel()`, a closed page) the sampler stops at its next step and
+the slot is free at once. The queue's bound (`--max-queue`) is Gradio's: beyond it a request is refused at once.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,8 +30,9 @@ import torch
 
 from annotator.registry import REGISTRY, Param
 from annotator.util import check_image, resize_image
+from apps.allocator import release_free_memory
 from apps.backend import Backend
-from apps.components import CheckedImage, Dropdown, Number, Radio, Slider, user_error
+from apps.components import CheckedCanvas, CheckedImage, Dropdown, Number, Radio, Slider, refusal, show_notes, user_error
 from apps.controls import (DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, SAMPLER_CHOICES, SCALE,
                            SEED, STEPS, check_choices, check_param, sampler_summary)
 from cldm.limits import FAST_SAMPLER
@@ -32,6 +40,7 @@ from apps.errors import USER_ERRORS, InvalidInput
 from apps.image_settings import save_app_results
 from apps.images import MaskedUpload
 from apps.restore_drop import app_restorer, restore_drop, wire_restore
+from apps.runs import RunLog
 from apps.space import app_duration, zero_gpu
 from apps.spec import AnnotatorSection, AppResult, AppSpec, run_app, validate
 from cldm.ddim import SamplingCancelled
@@ -46,6 +55,11 @@ CSS = """
 #tiny-banner p { color: white; font-weight: 700; margin: 0; }
 """
 MAX_UPLOAD = "50mb"
+CACHE_LIFETIME_S = 3600  # uploads and results Gradio keeps on disk are deleted after an hour (checked hourly)
+# One generation at a time per process, shared by every app and the multi page: they share one model whose
+# ControlNet weights and LoRAs change per request. Annotator previews have a slot of their own (see README).
+GENERATE_SLOT = {"concurrency_id": "generate", "concurrency_limit": 1}
+ANNOTATE_SLOT = {"concurrency_id": "annotate", "concurrency_limit": 1}
 
 
 # ---- input components ---------------------------------------------------------------------------------------
@@ -64,7 +78,7 @@ def param_component(param: Param, elem_id: str | None = None) -> gr.components.C
 def unexpected_error(err: Exception) -> gr.Error:
     log.exception("unexpected error while serving a request")
     if isinstance(err, torch.OutOfMemoryError):
-        return gr.Error("Out of memory. Lower Images or Image Resolution, or start with --low-memory.", title="Cannot run")
+        return refusal("Out of memory. Lower Images or Image Resolution, or start with --low-memory.")
     return gr.Error(f"Internal error ({type(err).__name__}: {err}). The server log has the details.", title="Internal error")
 
 
@@ -87,8 +101,9 @@ class CancelToken:
         return CancelToken, ()
 
     @contextmanager
-    def run(self) -> Iterator[threading.Event]:
-        flag = threading.Event()
+    def run(self, flag: threading.Event | None = None) -> Iterator[threading.Event]:
+        """A run's flag (`flag`, or a new one), set by `stop` while the run lasts."""
+        flag = flag if flag is not None else threading.Event()
         with self._lock:
             self._running.add(flag)
         try:
@@ -103,15 +118,15 @@ class CancelToken:
                 flag.set()
 
 
-def _canvas_input(spec: AppSpec) -> gr.Sketchpad:
+def _canvas_input(spec: AppSpec) -> CheckedCanvas:
     width, height = spec.canvas
     with gr.Row():
         canvas_width = param_component(width, f"{spec.name}-canvas-width")
         canvas_height = param_component(height, f"{spec.name}-canvas-height")
     open_canvas = gr.Button("Open drawing canvas!", elem_id=f"{spec.name}-open-canvas")
     gr.Markdown("Draw with the black brush (its size is under the brush icon); the eraser and undo are in the toolbar.")
-    sketch = gr.Sketchpad(
-        label="Drawing", type="numpy", image_mode="RGBA", canvas_size=(width.default, height.default),
+    sketch = CheckedCanvas(
+        label="Drawing", type="numpy", image_mode="RGBA", canvas_size=(width.default, height.default), sources=(),
         brush=gr.Brush(default_size=6, colors=["#000000"], default_color="#000000", color_mode="fixed"),
         eraser=gr.Eraser(default_size=16), layers=False, format="png", elem_id=f"{spec.name}-input",
     )
@@ -176,48 +191,90 @@ def result_line(seed: int, sampler: str, steps: int, fast: bool = False) -> str:
     return f"Seed used: **{seed}** · {sampler_summary(sampler, steps)}" + (" · Fast (LCM-LoRA)" if fast else "")
 
 
-def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T]) -> T:
-    """`work(on_step, on_status)` under the session's Stop button and the page's progress bar; what goes wrong
-    becomes a gr.Error (the user's mistakes with their message, anything else logged) and the server keeps serving."""
+def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T], runs: RunLog | None = None,
+                endpoint: str = "", stopped: threading.Event | None = None) -> T:
+    """`work(on_step, on_status)` under the session's Stop button (and `stopped`, set when the client goes
+    away) and the page's progress bar, recorded in `runs`; what goes wrong becomes a gr.Error (the user's
+    mistakes with their message, anything else logged) and the server keeps serving."""
+    runs = runs if runs is not None else RunLog()
+    record = runs.start(endpoint)
+    outcome = "failed"
     try:
-        with cancel.run() as stopped:
+        with cancel.run(stopped) as stopped:
 
             def on_step(done: int, total: int) -> bool:
                 progress((done, total), desc="Sampling", unit="steps")
+                runs.step(record, done, total)
                 return not stopped.is_set()
 
-            return work(on_step, lambda text: progress(None, desc=text))
+            result = work(on_step, lambda text: progress(None, desc=text))
+            outcome = "finished"
+            return result
     except USER_ERRORS as err:
+        outcome = "refused"
         raise user_error(err) from None
     except SamplingCancelled as err:
-        raise gr.Error(f"Stopped ({err}).", title="Stopped") from None
+        outcome = "stopped"
+        raise gr.Error(f"Stopped ({err}).", title="Stopped", print_exception=False) from None
     except gr.Error:
         raise
     except Exception as err:  # noqa: BLE001 - the page must keep serving; the log has the traceback
         raise unexpected_error(err) from None
+    finally:
+        runs.end(record, outcome)
+        release_free_memory()
 
 
-def guarded_stream(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T]) -> Iterator[tuple[str, Any]]:
+KEEPALIVE_S = 1.0  # a quiet run yields ("tick", None) this often, so that Gradio notices a client that left
+
+
+async def guarded_stream(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T], runs: RunLog | None = None,
+                         endpoint: str = "") -> AsyncIterator[tuple[str, Any]]:
     """`guarded_run` for `work(on_step, on_status, on_preview)` in a worker thread, so that the page can show its
-    previews while it runs: yields ("preview", (images, done, total)) as they come, then ("result", result)."""
-    events: queue.Queue = queue.Queue()
+    previews while it runs: yields ("preview", (images, done, total)) as they come, ("tick", None) after each
+    quiet second, then ("result", result).
+
+    The run belongs to this generator: when Gradio closes it or cancels its task (Stop, gradio_client's
+    `job.cancel()`, a closed page: Gradio sees that at the next tick), the sampler stops at its next step and
+    Gradio's slot is free for the next request at once."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    stopped = threading.Event()
+
+    def put(item: tuple[str, Any]) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+        except RuntimeError:  # the server's loop is gone (shutdown): nobody is waiting
+            pass
 
     def run() -> None:
         try:
             result = guarded_run(cancel, progress, lambda on_step, on_status: work(
-                on_step, on_status, lambda *preview: events.put(("preview", preview))))
-            events.put(("result", result))
-        except BaseException as err:  # noqa: BLE001 - handed to the page's thread, which raises it
-            events.put(("error", err))
+                on_step, on_status, lambda *preview: put(("preview", preview))), runs, endpoint, stopped)
+            put(("result", result))
+        except BaseException as err:  # noqa: BLE001 - handed to the page's task, which raises it
+            put(("error", err))
 
-    threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True).start()
-    while True:
-        kind, value = events.get()
-        if kind == "error":
-            raise value
-        yield kind, value
-        if kind == "result":
-            return
+    threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True,
+                     name=f"run-{endpoint or 'generate'}").start()
+    getter: asyncio.Future | None = None
+    try:
+        while True:
+            getter = getter or asyncio.ensure_future(events.get())
+            if not (await asyncio.wait({getter}, timeout=KEEPALIVE_S))[0]:
+                yield "tick", None
+                continue
+            kind, value = getter.result()
+            getter = None
+            if kind == "error":
+                raise value
+            yield kind, value
+            if kind == "result":
+                return
+    finally:
+        stopped.set()  # closed or cancelled before the result: the run stops at its next step
+        if getter is not None:
+            getter.cancel()
 
 
 def preview_update(images: list, done: int, total: int) -> tuple:
@@ -249,6 +306,11 @@ def _mask_inputs(spec: AppSpec) -> tuple[gr.ImageEditor, gr.components.Component
     mask = CheckedImage(label="Mask image (optional, white = repaint)", sources=["upload"], type="numpy",
                         image_mode=None, height=200, elem_id=f"{spec.name}-mask")
     return editor, mask
+
+
+def stream_update(kind: str, value: Any) -> tuple:
+    """Gallery, result line and status for a ("preview", …) or ("tick", None) of `guarded_stream`."""
+    return preview_update(*value) if kind == "preview" else (gr.skip(), gr.skip(), gr.skip())
 
 
 def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
@@ -296,7 +358,8 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
     # between the image and the controls: the mask upload (inpaint), the prompt, the Preprocessor radio (1.1)
     leading = {k: c for k, c in (("mask", mask), ("prompt", prompt), ("preprocessor", preprocessor)) if c is not None}
 
-    def process(cancel: CancelToken, image_value, *args, progress=gr.Progress()):
+    async def process(cancel: CancelToken, image_value, *args, progress=gr.Progress()):
+        show_notes(image_value)
         given = dict(zip(leading, args))
         rest = args[len(leading):]
         values = dict(zip(names, rest[: len(names)]))
@@ -313,14 +376,15 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
                              on_preview=on_preview)
             return result, save_app_results(spec, backend, request, result)
 
-        for kind, value in guarded_stream(cancel, progress, work):
-            if kind == "preview":
-                yield preview_update(*value)
-                continue
-            result, files = value
-            shown = [] if result.display_map is None else [(str(files.pop(0)), SHOWN[result.display_kind])]
-            items = shown + [(str(f), f"sample {i + 1}") for i, f in enumerate(files)]
-            yield items, result_line(result.seed, result.sampler, result.steps, result.fast), status_line()
+        async with aclosing(guarded_stream(cancel, progress, work, backend.runs, name)) as stream:
+            async for kind, value in stream:
+                if kind != "result":
+                    yield stream_update(kind, value)
+                    continue
+                result, files = value
+                shown = [] if result.display_map is None else [(str(files.pop(0)), SHOWN[result.display_kind])]
+                items = shown + [(str(f), f"sample {i + 1}") for i, f in enumerate(files)]
+                yield items, result_line(result.seed, result.sampler, result.steps, result.fast), status_line()
 
     process = zero_gpu(process, app_duration(names, len(leading)))
     steps = next(p for p in spec.controls if p.name == STEPS.name)
@@ -328,8 +392,8 @@ def build_app(spec: AppSpec, backend: Backend, status_line) -> None:
     inputs = [token, image, *leading.values(), *controls, a_prompt, n_prompt, weights, fast, *choices]
     wire_restore(drop, restore_message, restored, fast, inputs[2:], app_restorer(spec, backend))
     outputs = [gallery, seed_used, status]
-    clicked = run.click(process, inputs, outputs, api_name=name, concurrency_id="generate")
-    submitted = prompt.submit(process, inputs, outputs, api_visibility="private", concurrency_id="generate")
+    clicked = run.click(process, inputs, outputs, api_name=name, **GENERATE_SLOT)
+    submitted = prompt.submit(process, inputs, outputs, api_visibility="private", **GENERATE_SLOT)
     stop.click(CancelToken.stop, [token], None, cancels=[clicked, submitted], queue=False,
                api_visibility="private")
 
@@ -353,11 +417,12 @@ def build_annotator_page(sections: Sequence, backend: Backend) -> None:
                 gallery = gr.Gallery(label="Generated images", show_label=False, height="auto", format="png",
                                      elem_id=f"annotate-{section.name}-gallery")
         run.click(_annotate_fn(section, backend), [image, *controls], gallery, api_name=f"annotate_{section.name}",
-                  concurrency_id="annotate")
+                  **ANNOTATE_SLOT)
 
 
 def _annotate_fn(section, backend: Backend):
     def annotate(image_value, *values):
+        show_notes(image_value)
         try:
             if image_value is None:
                 raise InvalidInput("No input image: upload an image first.")
@@ -423,7 +488,7 @@ def build_demo(pages: Sequence[Page], backend: Backend, title: str = "ControlNet
         with gr.Tab(page.title, id=page.name, elem_id=f"tab-{page.name}"):
             page.build(backend, status_line)
 
-    with gr.Blocks(title=title) as demo:
+    with gr.Blocks(title=title, delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S)) as demo:
         if backend.tiny:
             gr.Markdown(TINY_BANNER, elem_id="tiny-banner")
         if len(pages) == 1:
@@ -448,8 +513,9 @@ def build_demo(pages: Sequence[Page], backend: Backend, title: str = "ControlNet
             demo.load(lambda: [True] * len(switches), None, switches, queue=False, api_visibility="private")
 
         def status() -> dict:
-            """The shared model's state: base loads, ControlNet reads per file, the active weights."""
-            return backend.model.status()
+            """The shared model's state (base loads, ControlNet reads per file, the active weights) and the runs
+            served (started, finished, stopped, failed; the steps each recent run reached)."""
+            return backend.model.status() | backend.runs.status()
 
         gr.api(status, api_name="status")
     return demo

@@ -2,6 +2,7 @@
 and the server-side check of a value sent for any control."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -94,7 +95,7 @@ def check_param(param: Param, value: Any) -> Any:
     """`value` typed and range-checked for `param`; InvalidInput names the control and the range."""
     if value is None:
         raise InvalidInput(f"{param.label}: a value is required")
-    if isinstance(value, str):  # API callers may send "20"
+    if isinstance(value, str) and param.kind is not bool:  # API callers may send "20"
         try:
             value = float(value.strip())
         except ValueError:
@@ -123,6 +124,13 @@ def sampler_summary(name: str, steps: int) -> str:
     return f"{SAMPLERS[name].label}, {steps} step{'s' if steps != 1 else ''}"
 
 
+# Refused in prompts: NUL and the other C0/C1 control characters (tab and line breaks are fine) and the
+# bidirectional embeddings, overrides and isolates, which make text display otherwise than it reads. Any other
+# Unicode (accents, CJK, right-to-left scripts, emoji) is accepted as it is.
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
 def check_text(label: str, value: Any) -> str:
     if value is None:
         return ""
@@ -130,4 +138,11 @@ def check_text(label: str, value: Any) -> str:
         raise InvalidInput(f"{label}: expected text, got {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"{label}: {len(value)} characters is too long (at most {MAX_PROMPT_CHARS})")
+    if found := CONTROL_CHARS.search(value):
+        name = "a NUL byte" if found.group() == "\0" else "a control character"
+        raise InvalidInput(f"{label}: {name} (U+{ord(found.group()):04X}) at position {found.start() + 1}; remove it "
+                           "(tabs and line breaks are fine)")
+    if found := BIDI_CONTROLS.search(value):
+        raise InvalidInput(f"{label}: a bidirectional override (U+{ord(found.group()):04X}) at position "
+                           f"{found.start() + 1}; remove it (right-to-left text itself is fine)")
     return value

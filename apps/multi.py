@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from contextlib import aclosing
 
 import gradio as gr
 
 from apps.backend import Backend
-from apps.builder import (CancelToken, CheckedImage, Dropdown, Page, choice_inputs, fast_switch, guarded_stream,
-                          param_component, preview_update, result_line, wire_fast)
-from apps.components import Radio
+from apps.builder import (GENERATE_SLOT, CancelToken, CheckedImage, Dropdown, Page, choice_inputs, fast_switch,
+                          guarded_stream, param_component, result_line, stream_update, wire_fast)
+from apps.components import Radio, show_notes
 from apps.controls import A_PROMPT, END, N_PROMPT, SCALE, START, STEPS, STRENGTH, check_choices
 from apps.image_settings import save_multi_results
 from apps.multi_request import (ANNOTATOR_APPS, ANNOTATOR_TITLES, COMMON, DEFAULT_WEIGHTS, NO_ANNOTATOR, MultiRequest,
@@ -95,7 +96,7 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
 
     names = [p.name for p in COMMON]
 
-    def respond(cancel: CancelToken, make_units: Callable[[], list[Unit]], prompt_value, rest, progress):
+    async def respond(cancel: CancelToken, make_units: Callable[[], list[Unit]], prompt_value, rest, progress):
         values = dict(zip(names, rest[: len(names)]))
         a_value, n_value, mode_value, fast_value, *choice_values = rest[len(names):]
 
@@ -106,9 +107,10 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
             result = run_multi(backend, request, on_step=on_step, on_status=on_status, on_preview=on_preview)
             return request, result, save_multi_results(backend, request, result)
 
-        for kind, value in guarded_stream(cancel, progress, work):
-            if kind == "preview":
-                yield preview_update(*value)
+        async with aclosing(guarded_stream(cancel, progress, work, backend.runs, NAME)) as stream:
+            async for kind, value in stream:
+                if kind != "result":
+                    yield stream_update(kind, value)
         request, result, files = value
         maps = [(str(f), f"unit {u.number}: " + ("the image (no annotator)" if u.annotator == NO_ANNOTATOR else f"{u.annotator} map"))
                 for u, f in zip(request.units, files)]
@@ -116,7 +118,8 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
         line = result_line(result.seed, request.choices.sampler, request.values["ddim_steps"], request.choices.fast)
         yield maps + samples, line, f"{status_line()} · {_bank_text(backend.bank)}"
 
-    def process_page(cancel: CancelToken, *args, progress=gr.Progress()):
+    async def process_page(cancel: CancelToken, *args, progress=gr.Progress()):
+        show_notes(*args)
         per_unit = len(unit_inputs[0])
         fields = [args[k * per_unit:(k + 1) * per_unit] for k in range(MAX_UNITS)]
         rest = args[MAX_UNITS * per_unit:]
@@ -124,10 +127,14 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
         def make_units() -> list[Unit]:
             return [check_unit(k, *f) for k, f in enumerate(fields, start=1) if f[0] is not None]
 
-        yield from respond(cancel, make_units, rest[0], rest[1:], progress)
+        async with aclosing(respond(cancel, make_units, rest[0], rest[1:], progress)) as updates:
+            async for update in updates:
+                yield update
 
-    def process_api(cancel: CancelToken, units, images, prompt_value, *rest, progress=gr.Progress()):
-        yield from respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)
+    async def process_api(cancel: CancelToken, units, images, prompt_value, *rest, progress=gr.Progress()):
+        async with aclosing(respond(cancel, lambda: units_from_json(units, images), prompt_value, rest, progress)) as updates:
+            async for update in updates:
+                yield update
 
     per_unit = len(unit_inputs[0])
 
@@ -150,10 +157,10 @@ def build_multi_page(backend: Backend, status_line: Callable[[], str]) -> None:
     outputs = [gallery, seed_used, status]
     page_inputs = [token, *(c for unit in unit_inputs for c in unit), *common]
     events = [
-        run.click(process_page, page_inputs, outputs, api_visibility="private", concurrency_id="generate"),
-        prompt.submit(process_page, page_inputs, outputs, api_visibility="private", concurrency_id="generate"),
+        run.click(process_page, page_inputs, outputs, api_visibility="private", **GENERATE_SLOT),
+        prompt.submit(process_page, page_inputs, outputs, api_visibility="private", **GENERATE_SLOT),
         api_trigger.click(process_api, [token, units_json, unit_images, *common], outputs, api_name=NAME,
-                          concurrency_id="generate"),
+                          **GENERATE_SLOT),
     ]
     stop.click(CancelToken.stop, [token], None, cancels=events, queue=False, api_visibility="private")
 

@@ -7,6 +7,7 @@ The API takes the units as a JSON list plus one image file per unit (`units_from
 """
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -97,8 +98,11 @@ def check_unit(number: int, image: Any, annotator: Any, weights: Any = None, str
             if annotator == NO_ANNOTATOR:
                 raise InvalidInput(f"ControlNet weights are required with annotator {NO_ANNOTATOR}")
             weights = DEFAULT_WEIGHTS[annotator]
-        if weights not in CONTROLNETS:
-            raise InvalidInput(f"ControlNet weights {weights!r} are unknown; choose one of {', '.join(CONTROLNETS)}")
+        if not isinstance(weights, str) or weights not in CONTROLNETS:
+            close = difflib.get_close_matches(weights, CONTROLNETS, n=3) if isinstance(weights, str) else []
+            shown = repr(weights) if len(repr(weights)) <= 60 else repr(weights)[:57] + "..."
+            raise InvalidInput(f"ControlNet weights {shown} are unknown; use a ControlNet key of weights/table.py "
+                               f"(the page's weights list), e.g. {', '.join(close or CONTROLNETS[:3])}")
         strength, start, end = (check_param(p, v) for p, v in ((STRENGTH, strength), (START, start), (END, end)))
         if start >= end:
             raise InvalidInput(f"End ({end}) must be greater than Start ({start})")

@@ -60,13 +60,21 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(*args: str, tiny: bool = True, timeout: float = START_TIMEOUT) -> Server:
-    """`python launch.py *args [--tiny] --port N`, waiting until the page answers."""
+def start_server(*args: str, tiny: bool = True, timeout: float = START_TIMEOUT,
+                 env: dict[str, str | None] | None = None) -> Server:
+    """`python launch.py *args [--tiny] --port N`, waiting until the page answers; `env` changes the server's
+    environment (None removes a variable)."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="apps-server-", suffix=".log")[1])
+    environment = server_env()
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "launch.py", *args, *(["--tiny"] if tiny else []), "--port", str(port)], cwd=ROOT,
-                                env=server_env(), stdout=out, stderr=subprocess.STDOUT)
+                                env=environment, stdout=out, stderr=subprocess.STDOUT)
     server = Server(tuple(args), f"http://127.0.0.1:{port}/", proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
