@@ -287,7 +287,7 @@ def model_line(spec: AppSpec) -> str:
     """The page's line naming the ControlNet file it uses (from `weights.table`)."""
     weights = WEIGHTS[spec.weights[0]]
     others = " (other weights under *Advanced options*)" if len(spec.weights) > 1 else ""
-    return f"Model: `{weights.basename}` from `{weights.repo}` ({weights.role}){others}."
+    return f"Model: `{weights.basename}` from `{weights.repo}` ({weights.label}, downloaded once on first use unless already on disk){others}."
 
 
 SHOWN = {"map": "detected map", "input": "input image", "hint": "masked input (the hint)"}
