@@ -9,7 +9,10 @@
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -58,7 +61,30 @@ def zero_gpu(fn: Callable, duration: Callable[..., int]) -> Callable:
         return fn
     import spaces
 
-    return spaces.GPU(duration=duration)(fn)
+    # spaces.GPU runs plain functions and generators in a GPU worker (forked; arguments and results are
+    # pickled) and refuses coroutine functions; the pages' handlers are async generators (so that a closed page
+    # stops its run), so on ZeroGPU they are driven from a plain generator.
+    return spaces.GPU(duration=duration)(_driven(fn) if inspect.isasyncgenfunction(fn) else fn)
+
+
+def _driven(fn: Callable) -> Callable:
+    """The async generator function `fn` as a plain generator function, each item awaited on a private loop."""
+
+    @functools.wraps(fn)
+    def generator(*args, **kwargs):
+        items = fn(*args, **kwargs)
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(items.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.run_until_complete(items.aclose())
+            loop.close()
+
+    return generator
 
 
 def app_duration(names: list[str], leading: int = 1) -> Callable[..., int]:

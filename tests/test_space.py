@@ -4,14 +4,16 @@ only on a Space with the `spaces` package (a fake one here), the Space entry's o
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
+import numpy as np
 import pytest
 
 import app
 import launch
 from apps.backend import Backend
-from apps.builder import build_demo
+from apps.builder import CancelToken, build_demo
 from apps.multi_request import COMMON
 from apps.pages import PAGES
 from apps.registry import APPS
@@ -22,11 +24,20 @@ from weights.table import WEIGHTS
 FAKE_SPACES = '''
 SEEN = []
 
+import inspect
+
 def GPU(task=None, *, duration=None):
+    # As the real package: coroutine (and async generator) functions are not supported; generators stay generators.
     def wrap(fn):
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise NotImplementedError
         SEEN.append((fn.__name__, duration))
-        def wrapped(*args, **kwargs):
-            return fn(*args, **kwargs)
+        if inspect.isgeneratorfunction(fn):
+            def wrapped(*args, **kwargs):
+                yield from fn(*args, **kwargs)
+        else:
+            def wrapped(*args, **kwargs):
+                return fn(*args, **kwargs)
         wrapped.__wrapped__ = fn
         wrapped.zerogpu = True
         return wrapped
@@ -82,6 +93,20 @@ def test_generation_runs_under_spaces_gpu_on_a_space(fake_spaces, monkeypatch):
     assert durations["process_api"](None, [{}, {}, {}], [], "p", *(common[p.name] for p in COMMON)) == \
            gpu_seconds(50, 4, 512, units=3)
     assert getattr(event_fn(demo, "canny"), "zerogpu", False) and getattr(event_fn(demo, "multi"), "zerogpu", False)
+    assert inspect.isgeneratorfunction(event_fn(demo, "canny"))  # the async handler, driven as a plain generator
+
+
+def test_a_wrapped_handler_still_generates(fake_spaces, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/controlnet")
+    process = event_fn(build(("canny",)), "canny")
+    values = {p.name: p.default for p in APPS["canny"].controls} | {"ddim_steps": 2, "image_resolution": 256, "seed": 3}
+    image = np.full((256, 256, 3), 128, np.uint8)
+    image[64:192, 64:192] = 255
+    args = [CancelToken(), image, "a house", *(values[p.name] for p in APPS["canny"].controls), "a", "n",
+            APPS["canny"].weights[0], False, "ddim", [], 1.0, False]
+    outputs = list(process(*args, progress=lambda *a, **k: None))
+    gallery, line, _ = outputs[-1]
+    assert len(gallery) == 2 and "Seed used: **3**" in line
 
 
 def test_nothing_changes_off_a_space(fake_spaces, monkeypatch):
