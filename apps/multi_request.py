@@ -81,6 +81,17 @@ class MultiRequest:
     choices: Choices
 
 
+def _shown(value: Any) -> str:
+    return repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+
+
+def annotator_hint(given: Any) -> str:
+    """What to choose instead of `given`: the closest annotator names (the list is long with the 1.1 choices)."""
+    close = difflib.get_close_matches(given, ANNOTATOR_APPS, n=3) if isinstance(given, str) else []
+    return (f"choose {NO_ANNOTATOR} (the image is the map) or an annotator of the page's list, "
+            f"e.g. {', '.join(close or list(ANNOTATOR_APPS)[:3])} ({len(ANNOTATOR_APPS)} in all)")
+
+
 def check_unit(number: int, image: Any, annotator: Any, weights: Any = None, strength: Any = STRENGTH.default,
                start: Any = START.default, end: Any = END.default, params: Any = None) -> Unit:
     """Unit `number` (1-based) checked; InvalidInput says which unit and which value is wrong."""
@@ -92,8 +103,7 @@ def check_unit(number: int, image: Any, annotator: Any, weights: Any = None, str
         except AnnotatorInputError as err:
             raise InvalidInput(f"image: {err}") from None
         if not isinstance(annotator, str) or annotator != NO_ANNOTATOR and annotator not in ANNOTATOR_APPS:
-            raise InvalidInput(f"unknown annotator {annotator!r}; choose {NO_ANNOTATOR} (the image is the map) "
-                               f"or one of {', '.join(ANNOTATOR_APPS)}")
+            raise InvalidInput(f"unknown annotator {_shown(annotator)}; {annotator_hint(annotator)}")
         if weights is None or weights == "":
             if annotator == NO_ANNOTATOR:
                 raise InvalidInput(f"ControlNet weights are required with annotator {NO_ANNOTATOR}")
@@ -165,7 +175,7 @@ def units_from_json(units: Any, images: Any) -> list[Unit]:
         if unknown:
             raise InvalidInput(f"Unit {number}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(UNIT_KEYS)}")
         if "annotator" not in unit:
-            raise InvalidInput(f"Unit {number}: 'annotator' is required ({NO_ANNOTATOR} or one of {', '.join(ANNOTATOR_APPS)})")
+            raise InvalidInput(f"Unit {number}: 'annotator' is required; {annotator_hint(None)}")
         try:
             image = read_image(path)
         except InvalidInput as err:
