@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.apps_server import CHROMIUM_ARGS, require_browser, start_server
+from tests.apps_server import start_server
 from tests.input_corpus import build_corpus
-from tests.test_apps_browser import error_toast, open_advanced, set_number
+from tests.test_apps_browser import browser, error_toast, open_advanced, set_number  # noqa: F401 (browser: a fixture)
 from tests.test_reliability_inputs import app_call
 from tests.test_reliability_queue import hold_one_run, status, wait_until
 
@@ -41,15 +41,6 @@ def server(hold):
 def released(hold):
     yield
     hold.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = require_browser()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
