@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from apps.backend import Backend
-from apps.controls import FAST_SCALE, FAST_STEPS, SCALE, STEPS, sampler_summary
+from apps.controls import FAST_SCALE, FAST_STEPS, SAMPLER_CHOICES, SCALE, STEPS, sampler_summary
 from apps.errors import USER_ERRORS
 from apps.image_settings import MultiRestored, restore_app, restore_multi
 from apps.png_info import ImageInfo, read_png_info
@@ -51,7 +51,7 @@ def _sliders(fast: bool, steps: int, scale: float) -> tuple:
 
 
 def _choices(choices, lora_names: list[str], lora_scale: float) -> list:
-    return [gr.Dropdown(value=choices.sampler, interactive=not choices.fast), lora_names, lora_scale,
+    return [gr.Dropdown(choices=SAMPLER_CHOICES, value=choices.sampler, interactive=not choices.fast), lora_names, lora_scale,
             choices.fast_decode]
 
 

@@ -118,8 +118,14 @@ def gallery_sizes(page: Page, gallery_id: str, count: int) -> list[tuple[int, in
 def error_toast(page: Page, text: str) -> None:
     toast = page.locator(".toast-body").filter(has_text=text)
     expect(toast.first).to_be_visible(timeout=TIMEOUT_MS)
-    for close in page.locator(".toast-close").all():
-        close.click()
+    dismiss_toasts(page)
+
+
+def dismiss_toasts(page: Page) -> None:
+    """Close every toast in one page-side call: a toast may time out and leave the DOM between finding its close
+    button and clicking it, and Playwright's click would then wait for an element that never comes back."""
+    page.evaluate("() => document.querySelectorAll('.toast-close').forEach(b => b.click())")
+    expect(page.locator(".toast-body")).to_have_count(0)
 
 
 def draw_on_canvas(page: Page, name: str) -> None:

@@ -22,7 +22,7 @@ from cldm.shared_model import SharedModel
 from tests.apps_server import (CHROMIUM_ARGS, SCREENSHOTS, input_image_path, require_browser, shared_server,
                                synthetic_image, write_png)
 from tests.test_apps_api import image_sizes
-from tests.test_apps_browser import TIMEOUT_MS, open_tab, set_number
+from tests.test_apps_browser import TIMEOUT_MS, dismiss_toasts, open_tab, set_number
 from tests.test_apps_browser import gallery_sizes as page_gallery_sizes
 from weights.table import WEIGHTS
 
@@ -235,8 +235,7 @@ def test_page_refuses_a_bad_window_then_runs(page):
     run_page(page)
     toast = page.locator(".toast-body").filter(has_text="Unit 2: End (0.4) must be greater than Start (0.6)")
     expect(toast.first).to_be_visible()
-    for close in page.locator(".toast-close").all():
-        close.click()
+    dismiss_toasts(page)
     set_number(page, "multi-unit2-end", 1)
     run_page(page, samples=1)
     assert page_gallery_sizes(page, "multi-gallery", 3) == [(INPUT_H, INPUT_W)] * 3
