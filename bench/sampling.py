@@ -141,6 +141,7 @@ def run_ours(work: Path, config: Path, res: int, steps: int, dtype: torch.dtype,
 
 
 def run_ours_fast(work: Path, config: Path, res: int, dtype: torch.dtype, warmup: int, taesd: bool) -> dict:
+    from cldm.checkpoint import load_state_dict
     from cldm.lora import merge_lora, read_lora
     from cldm.model import create_model, load_full_checkpoint
     from cldm.pipeline import GenerationParams, generate
@@ -149,7 +150,9 @@ def run_ours_fast(work: Path, config: Path, res: int, dtype: torch.dtype, warmup
 
     model = create_model(config, dtype=dtype, init_weights=False)
     load_full_checkpoint(model, work / "ours.pth")
-    merge_lora(model, read_lora(work / "lcm_lora.safetensors", model), 1.0)
+    # As the app does: the originals are read again from the base file on unmerge, not kept as a copy.
+    merge_lora(model, read_lora(work / "lcm_lora.safetensors", model), 1.0,
+               reload=lambda keys: load_state_dict(work / "ours.pth"))
     decoder = randomize_(TAESD(), 0).to(dtype).eval() if taesd else None
     cmap = control_map(res)
     params = GenerationParams(prompt=PROMPT, a_prompt=A_PROMPT, n_prompt=N_PROMPT, steps=4, scale=1.0, seed=SEED,

@@ -42,11 +42,13 @@ Scales = Union[Sequence[float], Callable[[list[Tensor]], Sequence[float]]]
 
 @dataclass(frozen=True)
 class Control:
-    """One ControlNet's input to a denoising step: the network, its hint tensor and the weight of each residual."""
+    """One ControlNet's input to a denoising step: the network, its hint tensor and the weight of each residual;
+    optionally the hint already through the network's hint encoder (`ControlNet.embed_hint`)."""
 
     net: nn.Module
     hint: Tensor
     scales: Scales
+    embedded_hint: Optional[Tensor] = None
 
 
 def scale_residuals(residuals: Sequence[Tensor], scales: Sequence[float]) -> list[Tensor]:
@@ -73,7 +75,7 @@ def control_residuals(controls: Sequence[Control], x: Tensor, t: Tensor, context
     """The summed, weighted residuals of `controls` for this step; None without controls (plain SD)."""
     weighted = []
     for control in controls:
-        residuals = control.net(x, control.hint, t, context)
+        residuals = control.net(x, control.hint, t, context, control.embedded_hint)
         scales = control.scales(residuals) if callable(control.scales) else control.scales
         scaled = scale_residuals(residuals, scales)
         weighted.append(pool_residuals(scaled) if getattr(control.net, "global_average_pooling", False) else scaled)
@@ -129,7 +131,7 @@ class ControlledDenoiser:
     `cond["c_concat"]` holds one hint tensor per unit (or is None: plain SD); `cond["c_crossattn"]` the text.
     `timesteps` (ascending, as sampled) maps each t back to its step index for the active windows. A timestep
     that repeats (the Karras schedule rounds two late ones to the same t from about 45 steps) counts as its
-    first step.
+    first step. Each hint goes through its ControlNet's hint encoder once per run, not once per step.
     """
 
     def __init__(self, model: nn.Module, units: list[ControlUnit], mode: ControlMode, timesteps: Tensor):
@@ -141,12 +143,20 @@ class ControlledDenoiser:
             self.step_of.setdefault(float(t), i)
         self.total = len(timesteps)
         self.dtype = model.dtype
+        self.embedded: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # (net, hint) ids -> (hint, embedding)
+
+    def embed(self, net: nn.Module, hint: Tensor) -> Tensor:
+        key = (id(net), id(hint))
+        if key not in self.embedded:  # the hint is kept with its embedding, so its id is not reused meanwhile
+            self.embedded[key] = (hint, net.embed_hint(hint))
+        return self.embedded[key][1]
 
     def controls(self, t: Tensor, hints: Optional[list[Tensor]]) -> list[Control]:
         if hints is None:
             return []
         step = self.step_of[float(t[0])]
-        return [Control(unit.control_model, hint, partial(block_weights, self.mode, unit.strength))
+        return [Control(unit.control_model, hint, partial(block_weights, self.mode, unit.strength),
+                        self.embed(unit.control_model, hint))
                 for unit, hint in zip(self.units, hints, strict=True) if unit.active(step, self.total)]
 
     def __call__(self, x: Tensor, t: Tensor, cond: dict) -> Tensor:

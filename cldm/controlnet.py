@@ -41,18 +41,24 @@ class ControlNet(nn.Module):
         self.middle_block = middle_block(cfg)
         self.middle_block_out = zero_conv(cfg.model_channels * cfg.channel_mult[-1])
 
-    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor,
-                context: torch.Tensor) -> list[torch.Tensor]:
-        """Residuals, one per input block (shallow to deep) and the middle block last; unscaled."""
-        dtype = self.time_embed[0].weight.dtype
-        x, hint, context = x.to(dtype), hint.to(dtype), context.to(dtype)
+    def embed_hint(self, hint: torch.Tensor) -> torch.Tensor:
+        """The hint encoder's output (`input_hint_block`, total stride 8). It sees neither the timestep nor the
+        text, so a sampler can compute it once per run (`embedded_hint` of `forward`)."""
         if hint.shape[1] != self.config.hint_channels:
             raise ValueError(f"hint must have {self.config.hint_channels} channels, got shape {tuple(hint.shape)}")
-        emb = embed_time(self.time_embed, timesteps, self.config.model_channels)
-        guided_hint = self.input_hint_block(hint, emb, context)
+        return self.input_hint_block(hint.to(self.time_embed[0].weight.dtype), None, None)
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                embedded_hint: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Residuals, one per input block (shallow to deep) and the middle block last; unscaled.
+        `embedded_hint`: `embed_hint(hint)` when the caller already has it."""
+        dtype = self.time_embed[0].weight.dtype
+        x, context = x.to(dtype), context.to(dtype)
+        guided_hint = self.embed_hint(hint) if embedded_hint is None else embedded_hint
         if guided_hint.shape[-2:] != x.shape[-2:] or guided_hint.shape[0] != x.shape[0]:
             raise ValueError(f"hint {tuple(hint.shape)} does not match latent {tuple(x.shape)}: "
                              "the hint must be 8x the latent size, same batch")
+        emb = embed_time(self.time_embed, timesteps, self.config.model_channels)
         outs = []
         h = x
         for i, (block, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):

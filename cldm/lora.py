@@ -8,8 +8,9 @@
 A LoRA adds a low-rank update to a Linear or Conv2d weight: W' = W + scale * (alpha / rank) * up @ down, with
 down (rank, in[, kh, kw]) and up (out, rank[, 1, 1]); a conv's update is the matrix product of the flattened
 factors, reshaped to the kernel (a 3x3 `down` with a 1x1 `up` is kohya's "LoCon"). Merging costs nothing per
-step; `unmerge` copies back the original tensors kept at merge time (on the CPU), so the base is restored bit for
-bit, whatever rounding the merge did.
+step; `unmerge` puts the original tensors back, so the base is restored bit for bit, whatever rounding the merge
+did: copies kept at merge time (on the CPU), or, with `reload`, the tensors read again from the base's file,
+which spares a second copy of the UNet in memory (an LCM-LoRA touches nearly all of it).
 
 File formats read (UNet and, when present, CLIP text encoder):
 1. kohya / A1111 with the original module names: `lora_unet_input_blocks_4_1_proj_in.lora_down.weight`,
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,30 +222,38 @@ def _family_hint(keys: list[str]) -> str:
     return ""
 
 
+# Weight keys (`<module path>.weight`) -> a mapping that holds their original tensors, e.g. the base file's state
+# dict, memory-mapped.
+Reload = Callable[[Sequence[str]], Mapping[str, Tensor]]
+
+
 class MergedLora:
     """LoRA updates merged into a model's weights; `unmerge()` restores the original tensors exactly.
 
     Merges on overlapping weights must be undone in reverse order. `unmerge` checks that every weight it touched
     still holds what the merge wrote (same Parameter, same bits) and raises otherwise, rather than silently
-    undoing a later merge or a weight reload."""
+    undoing a later merge or a weight reload. Reloaded originals are checked against the checksums of the weights
+    they replace; one that differs (the file changed meanwhile) is an error, after which the model holds a mix."""
 
     def __init__(self, model: nn.Module, originals: dict[str, Tensor], parameters: dict[str, nn.Parameter],
-                 checksums: dict[str, int]):
+                 checksums: dict[str, int], reload: Reload | None = None, original_checksums: dict[str, int] | None = None):
         self._model = model
         self._originals = originals
         self._parameters = parameters
         self._checksums = checksums
+        self._reload = reload
+        self._original_checksums = original_checksums or {}
 
     @property
     def merged(self) -> bool:
-        return bool(self._originals)
+        return bool(self._parameters)
 
     @property
     def modules(self) -> list[str]:
-        return list(self._originals)
+        return list(self._parameters)
 
     def unmerge(self) -> None:
-        if not self._originals:
+        if not self._parameters:
             raise RuntimeError("this LoRA merge was already undone")
         modules = dict(self._model.named_modules())
         changed = [path for path, parameter in self._parameters.items()
@@ -253,22 +262,33 @@ class MergedLora:
         if changed:
             raise RuntimeError(f"{len(changed)} weights changed since this LoRA was merged (e.g. {changed[0]}): "
                                "undo later merges first (reverse order), and do not reload weights in between")
+        originals = self._originals
+        if self._reload is not None:
+            reloaded = self._reload([f"{path}.weight" for path in self._parameters])
+            originals = {path: reloaded[f"{path}.weight"] for path in self._parameters}
         with torch.no_grad():
-            for path, original in self._originals.items():
-                self._parameters[path].copy_(original)
+            for path, original in originals.items():
+                parameter = self._parameters[path]
+                if self._reload is not None:
+                    original = original.to(parameter.device, parameter.dtype)
+                    if _checksum(original) != self._original_checksums[path]:
+                        raise RuntimeError(f"the base weights reloaded for {path} differ from those the LoRA was "
+                                           "merged into (was the base file replaced?); reload the model")
+                parameter.copy_(original)
         self._originals, self._parameters, self._checksums = {}, {}, {}
 
 
-def merge_lora(model: nn.Module, lora: Lora, scale: float = 1.0) -> MergedLora:
+def merge_lora(model: nn.Module, lora: Lora, scale: float = 1.0, reload: Reload | None = None) -> MergedLora:
     """Merge one LoRA at `scale` into `model` (in place); see `merge_loras`."""
-    return merge_loras(model, [(lora, scale)])
+    return merge_loras(model, [(lora, scale)], reload)
 
 
-def merge_loras(model: nn.Module, loras: Sequence[tuple[Lora, float]]) -> MergedLora:
+def merge_loras(model: nn.Module, loras: Sequence[tuple[Lora, float]], reload: Reload | None = None) -> MergedLora:
     """Merge several LoRAs, each at its scale, into `model` in place: W = W + sum(scale * factor * up @ down).
 
     The sum is formed in float32 on the weight's device and rounded once to the weight's dtype. The original
-    weight tensors are copied to the CPU first, for `MergedLora.unmerge`."""
+    weight tensors are copied to the CPU first, for `MergedLora.unmerge`; with `reload` only their checksums are
+    kept and `unmerge` reads them again through `reload`."""
     modules = dict(model.named_modules())
     updates: dict[str, list[tuple[LoraPair, float]]] = {}
     for lora, scale in loras:
@@ -278,17 +298,20 @@ def merge_loras(model: nn.Module, loras: Sequence[tuple[Lora, float]]) -> Merged
             if weight is None or _shape_problem(pair.down, pair.up, weight):
                 raise ValueError(f"{lora.path}: LoRA for {path} does not fit this model (read it with this model)")
             updates.setdefault(path, []).append((pair, float(scale)))
-    originals, parameters, checksums = {}, {}, {}
+    originals, original_checksums, parameters, checksums = {}, {}, {}, {}
     with torch.no_grad():
         for path, pairs in updates.items():
             weight = modules[path].weight
-            originals[path] = weight.detach().to("cpu", copy=True)
+            if reload is None:
+                originals[path] = weight.detach().to("cpu", copy=True)
+            else:
+                original_checksums[path] = _checksum(weight)
             total = weight.float()
             for pair, scale in pairs:
                 total = total + pair.delta(weight, scale)
             weight.copy_(total.to(weight.dtype))
             parameters[path], checksums[path] = weight, _checksum(weight)
-    return MergedLora(model, originals, parameters, checksums)
+    return MergedLora(model, originals, parameters, checksums, reload, original_checksums)
 
 
 def random_lora(model: nn.Module, seed: int, name: str = "random", rank: int = 4) -> Lora:

@@ -160,19 +160,33 @@ class SharedModel:
             model = self._base()
             if self.active != key:
                 self._swap(model, key)
+            model = self._set_loras(model, key, tuple((str(name), float(scale)) for name, scale in loras if scale))
             model.control_model.global_average_pooling = WEIGHTS[key].global_average_pooling
-            self._set_loras(model, tuple((str(name), float(scale)) for name, scale in loras if scale))
             yield model
 
-    def _set_loras(self, model: torch.nn.Module, wanted: tuple[tuple[str, float], ...]) -> None:
+    def _set_loras(self, model: torch.nn.Module, key: str, wanted: tuple[tuple[str, float], ...]) -> torch.nn.Module:
+        """Merge `wanted` into `model` (after undoing the current set); the model to use afterwards."""
         if wanted == self.active_loras:
-            return
+            return model
         if self._merged is not None:
-            self._merged.unmerge()
-            self._merged, self.active_loras = None, ()
+            merged, self._merged, self.active_loras = self._merged, None, ()
+            try:
+                merged.unmerge()
+            except (RuntimeError, CheckpointError):  # the base file changed on disk since: load it afresh
+                self._model = None
+                model = self._base()
+                self._swap(model, key)
         if wanted:
-            self._merged = merge_loras(model, [(self._lora(model, name), scale) for name, scale in wanted])
+            # The real base's originals are read again from its file on unmerge rather than kept as a copy.
+            reload = None if self.tiny else self._base_weights
+            self._merged = merge_loras(model, [(self._lora(model, name), scale) for name, scale in wanted], reload)
             self.active_loras = wanted
+        return model
+
+    def _base_weights(self, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The base's weights as its files hold them (memory-mapped where the format allows)."""
+        parts, _ = read_sd_base(self.files, load_config(self.config), self.base, self.vae)
+        return {k: v for _, state in parts.values() for k, v in state.items()}
 
     def taesd(self) -> TAESD:
         """The tiny autoencoder for previews (weights "taesd"; seeded random ones in tiny mode), loaded once."""

@@ -6,11 +6,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ldm.cpu_attention import attention
+
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 whatever the parameter dtype (sane statistics in fp16/bf16)."""
+    """GroupNorm with float32 statistics whatever the parameter dtype (sane statistics in fp16/bf16).
+
+    PyTorch's CPU kernel already accumulates bfloat16 inputs in float32; there the input goes to it as is, which
+    spares two copies of the activations (a quarter of the VAE decoder's time at 512²)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
@@ -53,7 +60,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = (split_heads(t, self.heads) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-        return self.to_out(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.to_out(merge_heads(attention(q, k, v)))
 
 
 class GEGLU(nn.Module):
@@ -63,7 +70,9 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        gelu = F.gelu(gate)
+        # In place when no backward pass needs gelu's output: no second 4096×1280-wide buffer (half the time).
+        return gelu * x if gelu.requires_grad else gelu.mul_(x)
 
 
 class FeedForward(nn.Module):

@@ -30,6 +30,8 @@ import re
 import torch
 from torch import Tensor, nn
 
+from ldm.layout import decoder_layout
+
 CHANNELS = 64
 LATENT_CHANNELS = 4  # SD 1.x / 2.x / XL; the SD3 and FLUX variants use 16 (read from the weights by `latent_channels`)
 DECODER_BLOCKS = (3, 3, 3, 1)  # Blocks per resolution, deepest first; an upsample + conv between levels
@@ -95,7 +97,7 @@ class TAESD(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Diffusion latent (as the sampler returns it) -> image in [-1, 1], like `decode_first_stage`."""
-        return self.decoder(z.to(self.dtype)) * 2 - 1
+        return self.decoder(decoder_layout(z.to(self.dtype))) * 2 - 1
 
     def encode(self, x: Tensor) -> Tensor:
         """Image in [-1, 1] -> diffusion latent (already in the scaled space the UNet works in)."""

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.attention import GroupNorm32
+from ldm.cpu_attention import attention
+from ldm.layout import decoder_layout
 from ldm.config import VAEConfig
 from ldm.unet import Upsample  # nearest x2 + 3x3 conv named `conv`, as in the UNet
 
@@ -25,9 +27,12 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+        # Without autograd the activations and the sum are computed in place: at 512² each new buffer would be
+        # 64 MB of fresh pages.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -45,7 +50,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         y = self.norm(x)
         q, k, v = (t.reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q(y), self.k(y), self.v(y)))
-        out = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(b, c, h, w)
+        out = attention(q, k, v).transpose(2, 3).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
 
@@ -125,7 +130,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+        h = self.mid(self.conv_in(decoder_layout(z)))
         for level in reversed(self.up):
             h = level(h)
         return self.conv_out(F.silu(self.norm_out(h)))

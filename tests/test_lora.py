@@ -296,6 +296,29 @@ def test_reloaded_weight_is_detected(base, tmp_path):
     assert_restored(model, sd)
 
 
+def test_unmerge_can_reload_the_originals_instead_of_keeping_copies(tmp_path):
+    """A bfloat16 model loaded from float32 weights: with `reload` no copy is kept, and unmerge reads the weights
+    again (cast as the load cast them) and restores the model bit for bit; reloaded weights that differ from
+    those the LoRA was merged into are refused."""
+    model, file_state = random_model(seed=1)
+    model = model.to(torch.bfloat16)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    write_kohya(model, random_factors(model, seed=14), tmp_path / "lora.safetensors", diffusers=True)
+    lora = read_lora(tmp_path / "lora.safetensors", model)
+    asked = []
+    merged = merge_lora(model, lora, 0.8, reload=lambda keys: asked.extend(keys) or file_state)
+    assert not merged._originals  # nothing copied
+    assert sum(not torch.equal(v, sd[k]) for k, v in model.state_dict().items()) > 50
+    merged.unmerge()
+    assert sorted(asked) == sorted(f"{path}.weight" for path in lora.pairs)
+    assert_restored(model, sd)
+
+    changed = {k: v + 1 if k == asked[0] else v for k, v in file_state.items()}
+    merged = merge_lora(model, lora, 0.8, reload=lambda keys: changed)
+    with pytest.raises(RuntimeError, match="reloaded for .* differ"):
+        merged.unmerge()
+
+
 def bad_file(model, tmp_path, name: str, edit) -> Path:
     factors = random_factors(model, seed=13)
     sd = {}

@@ -201,3 +201,30 @@ def test_an_unreachable_hub_fails_fast_names_the_file_and_is_asked_once(monkeypa
     assert files.hub.probes == 1  # the second request did not wait again
     looked = str(err.value).split("Looked in: ")[1].split(";")[0].split(", ")
     assert len(looked) == len(set(looked)) == 3  # each folder once
+
+
+def test_a_lora_on_the_real_base_is_undone_by_reading_the_base_file_again(weight_files, tmp_path):
+    """bfloat16 base from a float32 file, a LoRA merged and unmerged: the base comes back bit for bit from the
+    file (no copy is kept); when the file was replaced meanwhile, the base is loaded afresh from it."""
+    from tests.test_fast_and_lora import kohya_lora
+
+    models_dir, state, _ = weight_files
+    manager = real_manager(models_dir, dtype="bfloat16")
+    with manager.activate("cn10_canny") as model:
+        base = {k: v.clone() for k, v in model.state_dict().items()}
+        lora = kohya_lora(model, tmp_path / "style.safetensors")
+    with manager.activate("cn10_canny", loras=[(str(lora), 0.8)]) as model:
+        assert manager._merged is not None and not manager._merged._originals
+        assert sum(not torch.equal(v, base[k]) for k, v in model.state_dict().items()) > 2
+    with manager.activate("cn10_canny") as model:
+        assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+    assert manager.base_loads == 1
+
+    with manager.activate("cn10_canny", loras=[(str(lora), 0.8)]):
+        pass
+    replaced = {k: v.contiguous() + 1 for k, v in state.items() if not k.startswith("control_model.")}
+    save_file(replaced, models_dir / WEIGHTS["sd15"].basename)
+    with manager.activate("cn10_canny") as model:
+        key = "model.diffusion_model.out.2.weight"
+        assert torch.equal(model.state_dict()[key], replaced[key].bfloat16())
+    assert manager.base_loads == 2 and manager.active_loras == ()

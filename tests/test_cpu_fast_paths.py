@@ -1,0 +1,127 @@
+"""The bfloat16 CPU paths (blocked attention, GroupNorm without the float32 copy, channels-last decoders) and the
+once-per-run hint encoding: each is checked against the plain computation it replaces. float32 takes none of
+the bfloat16 paths, so the reference outputs of the other tests are untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cldm.control import Control, ControlledDenoiser, ControlMode, ControlUnit
+from cldm.ddim import guided_model_fn
+from ldm.attention import GroupNorm32
+from ldm.cpu_attention import MIN_KEYS, attention, blocked_attention
+from ldm.layout import decoder_layout
+from ldm.taesd import TAESD
+from ldm.vae import Decoder
+from tests.tiny import random_model
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("batch,heads,n,keys,width,block", [
+    (1, 8, 300, 1100, 40, 128),   # query count not a multiple of the block; SD's head size
+    (2, 2, 64, 64, 80, 512),      # one block
+    (1, 1, 96, 130, 512, 32),     # the VAE's single 512-wide head
+    (2, 3, 50, 70, 7, 16),        # a width that is padded to 16
+])
+def test_blocked_attention_is_scaled_dot_product_attention(batch, heads, n, keys, width, block):
+    g = torch.Generator().manual_seed(n)
+    q = torch.randn(batch, heads, n, width, generator=g)
+    k, v = torch.randn(2, batch, heads, keys, width, generator=g)
+    out = blocked_attention(q, k, v, block)
+    assert out.shape == (batch, heads, n, width)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    # A perturbed value changes the output: the comparison is not vacuous.
+    v[0, 0, 0] += 1
+    assert not torch.allclose(blocked_attention(q, k, v, block), out, atol=1e-4)
+
+
+def test_attention_takes_the_blocked_path_for_long_bfloat16_self_attention():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 1, 8, MIN_KEYS, 40, generator=g)
+    exact = F.scaled_dot_product_attention(q, k, v)
+    fast = attention(*(t.bfloat16() for t in (q, k, v)))
+    assert fast.dtype == torch.bfloat16 and rel(fast, exact) < 1e-2
+    torch.testing.assert_close(fast, blocked_attention(*(t.bfloat16() for t in (q, k, v))), rtol=0, atol=0)
+    # Fewer keys (cross-attention), float32 and training keep PyTorch's kernel.
+    short = [t[:, :, :77].bfloat16() for t in (q, k, v)]
+    torch.testing.assert_close(attention(*short), F.scaled_dot_product_attention(*short), rtol=0, atol=0)
+    torch.testing.assert_close(attention(q, k, v), exact, rtol=0, atol=0)
+    qg = q.bfloat16().requires_grad_()
+    attention(qg, k.bfloat16(), v.bfloat16()).float().sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad.float()).all()
+
+
+def test_group_norm_in_bfloat16_matches_the_float32_round_trip():
+    torch.manual_seed(0)
+    norm = GroupNorm32(32, 64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 64, 16, 16) * 3 + 1
+    expected = F.group_norm(x.bfloat16().float(), 32, norm.weight.bfloat16().float(), norm.bias.bfloat16().float(),
+                            1e-6)
+    with torch.no_grad():
+        out = norm.bfloat16()(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    # At most one bfloat16 rounding step (2^-8 relative) from the float32 computation.
+    assert ((out.float() - expected).abs() <= expected.abs() * 2**-7 + 1e-2).all()
+    assert rel(out, expected) < 5e-3
+
+
+def test_decoder_layout_is_channels_last_only_for_bfloat16():
+    z = torch.randn(1, 4, 8, 8)
+    assert decoder_layout(z) is z
+    zb = decoder_layout(z.bfloat16())
+    assert zb.is_contiguous(memory_format=torch.channels_last) and torch.equal(zb, z.bfloat16())
+
+
+def test_decoders_in_bfloat16_stay_close_to_float32():
+    model, _ = random_model(seed=0)
+    vae = model.first_stage_model
+    assert isinstance(vae.decoder, Decoder)
+    taesd = TAESD()
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for decode, module in ((vae.decode, vae), (taesd.decode, taesd)):
+            exact = decode(z)
+            module.bfloat16()
+            try:
+                fast = decode(z.bfloat16())
+            finally:
+                module.float()
+            assert fast.dtype == torch.bfloat16 and rel(fast, exact) < 3e-2
+
+
+def test_each_hint_is_encoded_once_per_run_with_the_same_result():
+    model, _ = random_model(seed=0)
+    net = model.control_model
+    control_map = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    hint = torch.from_numpy(control_map).permute(2, 0, 1)[None].float() / 255
+    context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2))
+    cond = {"c_concat": [hint], "c_crossattn": [context]}
+    uncond = {"c_concat": [hint], "c_crossattn": [torch.zeros_like(context)]}
+    timesteps = torch.tensor([1, 251, 501, 751])
+    calls = []
+    handle = net.input_hint_block.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        denoiser = ControlledDenoiser(model, [ControlUnit(net, control_map)], ControlMode.BALANCED, timesteps)
+        fn = guided_model_fn(denoiser, cond, uncond, 9.0)
+        x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            cached = [fn(x, t.view(1)) for t in timesteps.flip(0)]
+            assert len(calls) == 1  # one batched (uncond, cond) hint, encoded at the first step only
+            both = torch.cat([hint, hint])
+            plain = [(lambda e: e[:1] + 9.0 * (e[1:] - e[:1]))(model.eps(
+                torch.cat([x, x]), torch.cat([t.view(1)] * 2), torch.cat([torch.zeros_like(context), context]),
+                [Control(net, both, lambda residuals: [1.0] * len(residuals))])) for t in timesteps.flip(0)]
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + len(timesteps)
+    for a, b in zip(cached, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
