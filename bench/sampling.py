@@ -10,7 +10,7 @@ measurement then runs in a fresh subprocess that loads its side from disk and ge
 * `total`: wall time of the whole call (text encoding, the DDIM steps, VAE decode);
 * `step`: mean time of the DDIM steps after the first (from the per-step callbacks);
 * `peak_rss_gen`: peak resident memory while generating (the kernel's high-water mark, reset before);
-* `maxrss`: the process's lifetime peak RSS (getrusage ru_maxrss), loading included.
+* `maxrss`: getrusage's ru_maxrss (on Linux the reset above lowers it too, so it then equals `peak_rss_gen`).
 RSS counts memory-mapped weight pages that have been touched, for both sides alike.
 The machine load (os.getloadavg) is recorded before each run: on a shared 2-core box it dominates timings.
 
