@@ -71,7 +71,8 @@ class GEGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
         gelu = F.gelu(gate)
-        # In place when no backward pass needs gelu's output: no second 4096×1280-wide buffer (half the time).
+        # In place when no backward pass needs gelu's output: no second buffer the size of the product (at a
+        # 64×64 latent that halves the time of this line); `gelu * x` equals `x * gelu` to the bit.
         return gelu * x if gelu.requires_grad else gelu.mul_(x)
 
 

@@ -37,8 +37,8 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, block: int = QUERY_BLOCK)
     q = (q * d**-0.5).reshape(-1, n, d)
     keys = k.transpose(-1, -2).reshape(-1, d, count).contiguous()
     values = F.pad(v, (0, padded - width)).reshape(-1, count, padded)
-    out = torch.empty(q.shape[0], n, padded, dtype=q.dtype)
-    scores, weights = torch.empty(2, min(block, n), count, dtype=q.dtype)
+    out = torch.empty(q.shape[0], n, padded, dtype=q.dtype, device=q.device)
+    scores, weights = torch.empty(2, min(block, n), count, dtype=q.dtype, device=q.device)
     for head in range(q.shape[0]):
         for start in range(0, n, block):
             rows = slice(start, start + block)
