@@ -13,34 +13,15 @@ from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 from playwright.sync_api import Page, expect
 
-from tests.apps_server import start_server
 from tests.input_corpus import build_corpus
 from tests.test_apps_browser import browser, error_toast, open_advanced, set_number  # noqa: F401 (browser: a fixture)
 from tests.test_reliability_inputs import app_call
-from tests.test_reliability_queue import hold_one_run, status, wait_until
+# The same server as the queue tests' (--max-queue 2, a hold file): their fixtures.
+from tests.test_reliability_queue import hold, hold_one_run, released, server, status, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
 TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(scope="module")
-def hold(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("hold") / "hold"
-
-
-@pytest.fixture(scope="module")
-def server(hold):
-    server = start_server("--app", "all", "--max-queue", "2", "--test-hold-file", str(hold))
-    yield server
-    hold.unlink(missing_ok=True)
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def released(hold):
-    yield
-    hold.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
