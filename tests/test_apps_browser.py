@@ -44,12 +44,18 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def page(browser, server):
+def open_app(browser, url: str) -> Page:
+    """A new page on the suite at `url`, once it is up (the canny tab's Run button is there)."""
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(server.url)
+    pg.goto(url)
     pg.wait_for_selector("#canny-run")
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    pg = open_app(browser, server.url)
     yield pg
     pg.close()
 

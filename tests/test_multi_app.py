@@ -13,16 +13,15 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from apps.controls import A_PROMPT, N_PROMPT
 from apps.multi_request import COMMON
 from cldm.control_bank import MAX_UNITS, ControlBank, ControlBankError
 from cldm.shared_model import SharedModel
-from tests.apps_server import (CHROMIUM_ARGS, SCREENSHOTS, input_image_path, require_browser, shared_server,
-                               synthetic_image, write_png)
+from tests.apps_server import SCREENSHOTS, input_image_path, shared_server, synthetic_image, write_png
 from tests.test_apps_api import image_sizes
-from tests.test_apps_browser import TIMEOUT_MS, dismiss_toasts, open_tab, set_number
+from tests.test_apps_browser import TIMEOUT_MS, browser, dismiss_toasts, open_app, open_tab, set_number  # noqa: F401
 from tests.test_apps_browser import gallery_sizes as page_gallery_sizes
 from weights.table import WEIGHTS
 
@@ -188,27 +187,21 @@ def test_same_seed_same_images(client, images):
 
 
 @pytest.fixture(scope="module")
-def page(server, images):
+def page(browser, server, images):
     """The Multi-ControlNet tab with two units filled in: canny on the first image, the second image as its map."""
-    executable = require_browser()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(TIMEOUT_MS)
-        pg.goto(server.url)
-        pg.wait_for_selector("#canny-run")  # the page is up
-        open_tab(pg, "multi")
-        for number, (image, annotator) in enumerate(zip(images, ("canny", "none")), start=1):
-            pg.set_input_files(f"#multi-unit{number}-image input[type=file]", str(image))
-            expect(pg.locator(f"#multi-unit{number}-image img").first).to_be_visible()
-            pg.locator(f"#multi-unit{number}-annotator input").click()
-            pg.get_by_role("option", name=annotator, exact=False).first.click()
-        expect(pg.locator("#multi-unit1-annotator input")).to_have_value("Canny Edge")
-        expect(pg.locator("#multi-unit2-weights input")).to_have_value(WEIGHTS["cn10_depth_fp16"].label)  # kept for "none"
-        pg.locator("#multi-prompt textarea").fill("a test picture")
-        pg.locator("#multi-advanced").get_by_text("Advanced options").click()
-        yield pg
-        browser.close()
+    pg = open_app(browser, server.url)
+    open_tab(pg, "multi")
+    for number, (image, annotator) in enumerate(zip(images, ("canny", "none")), start=1):
+        pg.set_input_files(f"#multi-unit{number}-image input[type=file]", str(image))
+        expect(pg.locator(f"#multi-unit{number}-image img").first).to_be_visible()
+        pg.locator(f"#multi-unit{number}-annotator input").click()
+        pg.get_by_role("option", name=annotator, exact=False).first.click()
+    expect(pg.locator("#multi-unit1-annotator input")).to_have_value("Canny Edge")
+    expect(pg.locator("#multi-unit2-weights input")).to_have_value(WEIGHTS["cn10_depth_fp16"].label)  # kept for "none"
+    pg.locator("#multi-prompt textarea").fill("a test picture")
+    pg.locator("#multi-advanced").get_by_text("Advanced options").click()
+    yield pg
+    pg.close()
 
 
 def run_page(page, samples: int = 2, steps: int = 1, resolution: int = RESOLUTION) -> None:

@@ -13,14 +13,14 @@ import numpy as np
 import PIL.Image
 import pytest
 from gradio_client import Client, handle_file
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from apps.controls import A_PROMPT, N_PROMPT
 from apps.multi_request import COMMON
 from apps.png_info import parse_parameters
 from apps.registry import APPS
-from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, input_image_path, require_browser, start_server, write_png
-from tests.test_apps_browser import TIMEOUT_MS, open_advanced, open_tab
+from tests.apps_server import SCREENSHOTS, input_image_path, start_server, write_png
+from tests.test_apps_browser import browser, open_advanced, open_app, open_tab  # noqa: F401 (browser: a fixture)
 from weights.table import WEIGHTS
 
 INPUT_H, INPUT_W = 256, 320
@@ -119,16 +119,10 @@ def test_the_map_is_a_plain_png_that_works_as_an_input_with_no_annotator(client,
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    executable = require_browser()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(TIMEOUT_MS)
-        pg.goto(server.url)
-        pg.wait_for_selector("#canny-run")
-        yield pg
-        browser.close()
+def page(browser, server):
+    pg = open_app(browser, server.url)
+    yield pg
+    pg.close()
 
 
 def drop(page, name: str, png: Path) -> None:

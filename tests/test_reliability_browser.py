@@ -14,7 +14,7 @@ from gradio_client.utils import Status
 from playwright.sync_api import Page, expect
 
 from tests.input_corpus import build_corpus
-from tests.test_apps_browser import browser, error_toast, open_advanced, set_number  # noqa: F401 (browser: a fixture)
+from tests.test_apps_browser import browser, error_toast, open_advanced, open_app, set_number  # noqa: F401 (browser: a fixture)
 from tests.test_reliability_inputs import app_call
 # The same server as the queue tests' (--max-queue 2, a hold file): their fixtures.
 from tests.test_reliability_queue import hold, hold_one_run, released, server, status, wait_until  # noqa: F401
@@ -31,10 +31,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture
 def page(browser, server):
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(server.url)
-    pg.wait_for_selector("#canny-run")
+    pg = open_app(browser, server.url)
     yield pg
     if not pg.is_closed():
         pg.close()
