@@ -29,6 +29,7 @@ from apps.multi_request import COMMON
 from apps.registry import APPS
 from tests.apps_server import shared_client, shared_server
 from tests.input_corpus import CorpusFile, build_corpus, picture
+from tests.test_apps_api import image_sizes
 
 RESOLUTION = 256
 UPLOAD_APPS = [name for name, spec in APPS.items() if not spec.canvas]
@@ -145,14 +146,6 @@ def refused(client, call: tuple[list, str], pattern: str) -> None:
     assert_one_sentence(err.value.message, pattern)
 
 
-def gallery_sizes(gallery) -> list[tuple[int, int]]:
-    sizes = []
-    for item in gallery:
-        with PIL.Image.open(item["image"]) as im:
-            sizes.append((im.height, im.width))
-    return sizes
-
-
 # ---- images ------------------------------------------------------------------------------------------------------
 
 REFUSED_FILES = ["empty.png", "truncated.png", "truncated.jpg", "header_only.png", "text.png", "page.jpg", "json.png",
@@ -206,7 +199,7 @@ def run_with_notes(client, call: tuple[list, str]):
 def test_odd_image_is_converted(client, corpus, file):
     item = corpus[file]
     (gallery, seed_text, _), notes = run_with_notes(client, app_call("canny", handle_file(str(item.path))))
-    assert gallery_sizes(gallery) == [item.size] * 2
+    assert image_sizes(gallery) == [item.size] * 2
     assert "Seed used: **7**" in seed_text
     assert notes == ([item.note] if item.note else [])
 
@@ -217,7 +210,7 @@ def test_odd_image_is_converted_elsewhere(client, corpus, endpoint, file):
     item = corpus[file]
     result, notes = run_with_notes(client, image_call(endpoint, handle_file(str(item.path))))
     gallery = result if endpoint.startswith("annotate_") else result[0]
-    assert set(gallery_sizes(gallery)) == {item.size}
+    assert set(image_sizes(gallery)) == {item.size}
     if endpoint.startswith("annotate_"):
         assert notes == ([item.note] if item.note else [])
 
@@ -447,7 +440,7 @@ def test_multi_units_of_other_sizes_are_stretched_to_the_first(client, corpus, g
     other = handle_file(str(corpus["exif_rotated.jpg"].path))  # 256×320 once rotated: another aspect ratio
     units = [MULTI_UNIT, {"annotator": "none", "weights": "cn10_scribble"}]
     gallery, _, _ = run_with_notes(client, multi_call(units, [handle_file(str(good)), other]))[0]
-    assert gallery_sizes(gallery) == [(256, 320)] * 3
+    assert image_sizes(gallery) == [(256, 320)] * 3
 
 
 # ---- the annotator page ------------------------------------------------------------------------------------------
@@ -479,7 +472,7 @@ def test_bad_annotator_value_is_refused(client, good, section, control, value, m
 
 def test_the_server_still_serves_and_logged_no_unexpected_error(client, server, good, log_start):
     gallery, seed_text, _ = client.predict(*app_call("hed", handle_file(str(good)), num_samples=2)[0], api_name="/hed")
-    assert gallery_sizes(gallery) == [(256, 320)] * 3 and "Seed used: **7**" in seed_text
+    assert image_sizes(gallery) == [(256, 320)] * 3 and "Seed used: **7**" in seed_text
     assert client.predict(api_name="/status")["runs_failed"] == 0
     log = server.log.read_bytes()[log_start:].decode(errors="replace")
     assert "Traceback" not in log and "Internal error" not in log, log[-3000:]

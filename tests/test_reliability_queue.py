@@ -27,7 +27,8 @@ from gradio_client.utils import QueueError, Status
 
 from tests.apps_server import start_server
 from tests.input_corpus import picture
-from tests.test_reliability_inputs import app_call, gallery_sizes, multi_call
+from tests.test_apps_api import image_sizes
+from tests.test_reliability_inputs import app_call, multi_call
 
 MAX_QUEUE = 2
 TIMEOUT = 120
@@ -115,7 +116,7 @@ def test_full_queue_refuses_with_a_message_then_every_queued_request_completes(s
     hold.unlink()
     for job, seed in zip([running, *waiting], (100, 101, 102)):
         gallery, seed_text, _ = job.result(timeout=TIMEOUT)
-        assert f"Seed used: **{seed}**" in seed_text and gallery_sizes(gallery) == [(256, 320)] * 2
+        assert f"Seed used: **{seed}**" in seed_text and image_sizes(gallery) == [(256, 320)] * 2
     after = status(server)
     assert after["runs_finished"] == before + 3 and after["runs_failed"] == 0
 
@@ -157,7 +158,7 @@ def test_annotator_previews_run_beside_a_generation(server, hold, pictures):
     image = handle_file(str(pictures["first"]))
     job = hold_one_run(server, hold, app_call("canny", image, ddim_steps=35))
     maps = Client(server.url, verbose=False).predict(image, 100, 200, 256, api_name="/annotate_canny")
-    assert gallery_sizes(maps) == [(256, 320)] and status(server)["runs_held"] == 1  # the generation still waits
+    assert image_sizes(maps) == [(256, 320)] and status(server)["runs_held"] == 1  # the generation still waits
     hold.unlink()
     assert len(job.result(timeout=TIMEOUT)[0]) == 2
 
