@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldm.cpu_attention import attention
+from ldm.layout import is_cpu_bfloat16
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -16,7 +17,7 @@ class GroupNorm32(nn.GroupNorm):
     spares two copies of the activations (a quarter of the VAE decoder's time at 512²)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        if is_cpu_bfloat16(x):
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()

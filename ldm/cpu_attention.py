@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ldm.layout import is_cpu_bfloat16
+
 MIN_KEYS = 1024
 QUERY_BLOCK = 512  # a 512×4096 bfloat16 score block (4 MB) stays in this kind of CPU's caches
 COLUMN_MULTIPLE = 16  # oneDNN's bfloat16 kernels take value widths that are multiples of 16 much faster
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and k.shape[-2] >= MIN_KEYS
+    if (is_cpu_bfloat16(q) and k.shape[-2] >= MIN_KEYS
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
         return blocked_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)

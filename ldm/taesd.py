@@ -30,7 +30,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from ldm.layout import decoder_layout
+from ldm.layout import cpu_bfloat16_layout
 
 CHANNELS = 64
 LATENT_CHANNELS = 4  # SD 1.x / 2.x / XL; the SD3 and FLUX variants use 16 (read from the weights by `latent_channels`)
@@ -97,7 +97,7 @@ class TAESD(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Diffusion latent (as the sampler returns it) -> image in [-1, 1], like `decode_first_stage`."""
-        return self.decoder(decoder_layout(z.to(self.dtype))) * 2 - 1
+        return self.decoder(cpu_bfloat16_layout(z.to(self.dtype))) * 2 - 1
 
     def encode(self, x: Tensor) -> Tensor:
         """Image in [-1, 1] -> diffusion latent (already in the scaled space the UNet works in)."""

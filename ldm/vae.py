@@ -7,13 +7,26 @@ from torch import nn
 
 from ldm.attention import GroupNorm32
 from ldm.cpu_attention import attention
-from ldm.layout import decoder_layout
+from ldm.layout import cpu_bfloat16_layout, is_cpu_bfloat16
 from ldm.config import VAEConfig
-from ldm.unet import Upsample  # nearest x2 + 3x3 conv named `conv`, as in the UNet
+from ldm.subpixel import upsample_conv
+from ldm.unet import Upsample as UNetUpsample
 
 
 def _norm(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels, eps=1e-6)
+
+
+class Upsample(UNetUpsample):
+    """The UNet's nearest ×2 + 3×3 convolution (`conv`). In bfloat16 inference on the CPU it runs as one 2×2
+    convolution per output phase (`ldm.subpixel`): 2.25× fewer operations in the decoder's three largest
+    convolutions. The UNet keeps the plain pair, as it would have to recompute or keep the phase kernels at
+    every step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_cpu_bfloat16(x) and not torch.is_grad_enabled():
+            return upsample_conv(x, self.conv.weight, self.conv.bias)
+        return super().forward(x)
 
 
 class ResnetBlock(nn.Module):
@@ -130,7 +143,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(decoder_layout(z)))
+        h = self.mid(self.conv_in(cpu_bfloat16_layout(z)))
         for level in reversed(self.up):
             h = level(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,5 +1,6 @@
-"""The bfloat16 CPU paths (blocked attention, GroupNorm without the float32 copy, channels-last decoders) and the
-once-per-run hint encoding: each is checked against the plain computation it replaces. float32 takes none of
+"""The bfloat16 CPU paths (blocked attention, GroupNorm without the float32 copy, channels-last decoders, the VAE
+decoder's sub-pixel upsampling convolution) and the once-per-run hint encoding: each is checked against the
+plain computation it replaces. float32 takes none of
 the bfloat16 paths, so the reference outputs of the other tests are untouched."""
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from cldm.control import Control, ControlledDenoiser, ControlMode, ControlUnit
 from cldm.ddim import guided_model_fn
 from ldm.attention import GroupNorm32
 from ldm.cpu_attention import MIN_KEYS, attention, blocked_attention
-from ldm.layout import decoder_layout
+from ldm.layout import cpu_bfloat16_layout
+from ldm.subpixel import upsample_conv
 from ldm.taesd import TAESD
-from ldm.vae import Decoder
+from ldm.vae import Decoder, Upsample
 from tests.tiny import random_model
 
 
@@ -74,11 +76,55 @@ def test_group_norm_in_bfloat16_matches_the_float32_round_trip():
     assert rel(out, expected) < 5e-3
 
 
-def test_decoder_layout_is_channels_last_only_for_bfloat16():
+def test_layout_is_channels_last_only_for_bfloat16():
     z = torch.randn(1, 4, 8, 8)
-    assert decoder_layout(z) is z
-    zb = decoder_layout(z.bfloat16())
+    assert cpu_bfloat16_layout(z) is z
+    zb = cpu_bfloat16_layout(z.bfloat16())
     assert zb.is_contiguous(memory_format=torch.channels_last) and torch.equal(zb, z.bfloat16())
+
+
+def plain_upsample_conv(x, weight, bias):
+    return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+
+
+@pytest.mark.parametrize("batch,in_channels,out_channels,height,width,bias", [
+    (1, 8, 8, 5, 7, True), (2, 16, 12, 9, 4, False), (1, 3, 5, 1, 1, True)])
+def test_sub_pixel_upsampling_convolution_is_upsample_then_conv(batch, in_channels, out_channels, height, width,
+                                                                 bias):
+    g = torch.Generator().manual_seed(in_channels)
+    x = torch.randn(batch, in_channels, height, width, generator=g)
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=g)
+    b = torch.randn(out_channels, generator=g) if bias else None
+    out = upsample_conv(x, weight, b)
+    expected = plain_upsample_conv(x, weight, b)
+    assert out.shape == expected.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # Each tap matters: moving one weight between two taps changes the result.
+    moved = weight.clone()
+    moved[0, 0, 1, 1], moved[0, 0, 1, 2] = weight[0, 0, 1, 2], weight[0, 0, 1, 1]
+    assert not torch.allclose(upsample_conv(x, moved, b), expected, atol=1e-3)
+    # bfloat16: within the rounding of the summed kernels and of the output.
+    fast = upsample_conv(x.bfloat16(), weight.bfloat16(), None if b is None else b.bfloat16())
+    rounded = plain_upsample_conv(x.bfloat16().float(), weight.bfloat16().float(),
+                                  None if b is None else b.bfloat16().float())
+    assert fast.dtype == torch.bfloat16 and rel(fast, rounded) < 1e-2
+
+
+def test_vae_upsample_takes_the_sub_pixel_path_only_for_bfloat16_inference():
+    torch.manual_seed(0)
+    layer = Upsample(8)
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), plain_upsample_conv(x, layer.conv.weight, layer.conv.bias),
+                                   rtol=0, atol=0)  # float32: the two-step computation, bit for bit
+        layer.bfloat16()
+        xb = x.bfloat16()
+        torch.testing.assert_close(layer(xb), upsample_conv(xb, layer.conv.weight, layer.conv.bias), rtol=0, atol=0)
+    xg = xb.clone().requires_grad_()
+    out = layer(xg)  # training keeps the two-step computation
+    torch.testing.assert_close(out, plain_upsample_conv(xg, layer.conv.weight, layer.conv.bias), rtol=0, atol=0)
+    out.float().sum().backward()
+    assert xg.grad is not None
 
 
 def test_decoders_in_bfloat16_stay_close_to_float32():
