@@ -203,7 +203,15 @@ def check_legacy_sizes(path: Path) -> None:
 
 def _declared_storages(f) -> dict[str, int]:
     """{storage key: bytes} of the persistent ids ('storage', type, key, location, numel, ...) of one pickle,
-    by a stack machine over its opcodes that tracks constants, tuples and the memo and nothing else."""
+    by a stack machine over its opcodes that tracks constants, tuples and the memo and nothing else.
+    A damaged pickle raises ValueError, whatever the damage does to the machine."""
+    try:
+        return _run_stack_machine(f)
+    except (IndexError, KeyError, TypeError) as e:  # opcodes that take more from the stack than it holds, ...
+        raise ValueError(f"bad pickle data ({type(e).__name__}: {e})") from None
+
+
+def _run_stack_machine(f) -> dict[str, int]:
     stack: list[Any] = []
     memo: dict[int, Any] = {}
     found: dict[str, int] = {}

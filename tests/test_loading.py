@@ -1,5 +1,5 @@
 """Every loading path, from files written here in the official layouts, and the errors for wrong files."""
-import os
+import random
 from pathlib import Path
 
 import pytest
@@ -131,14 +131,17 @@ def test_unreadable_files(tmp_path, model, official):
     (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
     # Structure (the pickled index at the start of the archive) is damaged; tensor payloads carry no checksum
     # that is verified on load, so flipped bits inside tensor data are not detected.
-    corrupt = bytearray(data)
-    corrupt[64:1024] = os.urandom(960)
-    (tmp_path / "corrupt.pth").write_bytes(bytes(corrupt))
+    # Seed 103 leaves a pickle whose opcodes pop from an empty stack.
+    for seed in (0, 1, 2, 103, 171):
+        corrupt = bytearray(data)
+        corrupt[64:1024] = random.Random(seed).randbytes(960)
+        (tmp_path / f"corrupt{seed}.pth").write_bytes(bytes(corrupt))
     (tmp_path / "notes.safetensors").write_text("these are not weights\n" * 50)
-    (tmp_path / "random.ckpt").write_bytes(os.urandom(5000))
+    (tmp_path / "random.ckpt").write_bytes(random.Random(0).randbytes(5000))
     save_file({"a": torch.ones(1000)}, tmp_path / "cut.safetensors")
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "cut.safetensors").read_bytes()[:-100])
-    for name in ("truncated.pth", "corrupt.pth", "notes.safetensors", "random.ckpt", "cut.safetensors"):
+    for name in ("truncated.pth", *(f"corrupt{seed}.pth" for seed in (0, 1, 2, 103, 171)), "notes.safetensors",
+                 "random.ckpt", "cut.safetensors"):
         message = error_of(load_full_checkpoint, model, tmp_path / name)
         assert "unreadable" in message or "not a checkpoint" in message, message
     assert "no such file" in error_of(load_full_checkpoint, model, tmp_path / "absent.pth")
