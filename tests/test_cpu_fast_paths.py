@@ -14,6 +14,7 @@ from cldm.ddim import guided_model_fn
 from ldm.attention import GroupNorm32
 from ldm.cpu_attention import MIN_KEYS, attention, blocked_attention
 from ldm.layout import cpu_bfloat16_layout
+from ldm.matmul_conv import Conv2d, conv_as_matmul
 from ldm.subpixel import upsample_conv
 from ldm.taesd import TAESD
 from ldm.vae import Decoder, Upsample
@@ -123,6 +124,54 @@ def test_vae_upsample_takes_the_sub_pixel_path_only_for_bfloat16_inference():
     xg = xb.clone().requires_grad_()
     out = layer(xg)  # training keeps the two-step computation
     torch.testing.assert_close(out, plain_upsample_conv(xg, layer.conv.weight, layer.conv.bias), rtol=0, atol=0)
+    out.float().sum().backward()
+    assert xg.grad is not None
+
+
+@pytest.mark.parametrize("batch,in_channels,out_channels,size,kernel,stride,padding,bias", [
+    (1, 40, 24, 4, 3, 1, 1, True),    # the UNet's case: 3×3, same size
+    (2, 16, 8, 5, 3, 2, 1, False),    # a stride-2 downsampling on an odd size, two images
+    (1, 6, 4, 7, 1, 1, 0, True),      # 1×1
+    (3, 5, 7, 6, 3, 1, 0, True),      # no padding
+])
+def test_convolution_as_one_matrix_product_is_conv2d(batch, in_channels, out_channels, size, kernel, stride,
+                                                       padding, bias):
+    g = torch.Generator().manual_seed(in_channels)
+    x = torch.randn(batch, in_channels, size, size, generator=g)
+    weight = torch.randn(out_channels, in_channels, kernel, kernel, generator=g)
+    b = torch.randn(out_channels, generator=g) if bias else None
+    out = conv_as_matmul(x, weight, b, (stride, stride), (padding, padding))
+    expected = F.conv2d(x, weight, b, stride, padding)
+    assert out.shape == expected.shape and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # A kernel read in the wrong order (transposed taps) gives another result.
+    if kernel > 1:
+        flipped = conv_as_matmul(x, weight.transpose(2, 3), b, (stride, stride), (padding, padding))
+        assert not torch.allclose(flipped, expected, atol=1e-3)
+    # bfloat16: rounded once, like the convolution (the bias is added inside the product).
+    xb, wb, bb = x.bfloat16(), weight.bfloat16(), None if b is None else b.bfloat16()
+    exact = F.conv2d(xb.float(), wb.float(), None if bb is None else bb.float(), stride, padding)
+    fast, direct = conv_as_matmul(xb, wb, bb, (stride, stride), (padding, padding)), F.conv2d(xb, wb, bb, stride, padding)
+    assert fast.dtype == torch.bfloat16 and rel(fast, exact) <= rel(direct, exact) * 1.5 + 1e-3
+
+
+def test_unet_convolution_takes_the_matrix_product_path_only_for_wide_bfloat16_inputs_over_few_pixels():
+    torch.manual_seed(0)
+    layer = Conv2d(64, 16, 3, padding=1)  # 576 patch values per pixel: the matrix product up to 9 pixels
+    few, many = torch.randn(1, 64, 3, 3), torch.randn(1, 64, 4, 4)
+    assert layer.prefers_matmul(few) and not layer.prefers_matmul(many)
+    assert not layer.prefers_matmul(torch.randn(2, 64, 3, 3))  # 18 pixels in the batch
+    with torch.no_grad():
+        # float32: PyTorch's convolution, bit for bit
+        torch.testing.assert_close(layer(few), F.conv2d(few, layer.weight, layer.bias, padding=1), rtol=0, atol=0)
+        layer.bfloat16()
+        fb, mb = few.bfloat16(), many.bfloat16()
+        torch.testing.assert_close(layer(fb), conv_as_matmul(fb, layer.weight, layer.bias, (1, 1), (1, 1)),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(layer(mb), F.conv2d(mb, layer.weight, layer.bias, padding=1), rtol=0, atol=0)
+    xg = fb.clone().requires_grad_()
+    out = layer(xg)  # training keeps PyTorch's convolution
+    torch.testing.assert_close(out, F.conv2d(xg, layer.weight, layer.bias, padding=1), rtol=0, atol=0)
     out.float().sum().backward()
     assert xg.grad is not None
 
