@@ -32,7 +32,7 @@ from annotator.registry import REGISTRY, Param
 from annotator.util import check_image, resize_image
 from apps.allocator import release_free_memory
 from apps.backend import Backend
-from apps.components import CheckedCanvas, CheckedImage, Dropdown, Number, Radio, Slider, refusal, show_notes, user_error
+from apps.components import CheckedEditor, CheckedImage, Dropdown, Number, Radio, Slider, refusal, show_notes, user_error
 from apps.controls import (DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, SAMPLER_CHOICES, SCALE,
                            SEED, STEPS, check_choices, check_param, sampler_summary)
 from cldm.limits import FAST_SAMPLER
@@ -118,14 +118,14 @@ class CancelToken:
                 flag.set()
 
 
-def _canvas_input(spec: AppSpec) -> CheckedCanvas:
+def _canvas_input(spec: AppSpec) -> CheckedEditor:
     width, height = spec.canvas
     with gr.Row():
         canvas_width = param_component(width, f"{spec.name}-canvas-width")
         canvas_height = param_component(height, f"{spec.name}-canvas-height")
     open_canvas = gr.Button("Open drawing canvas!", elem_id=f"{spec.name}-open-canvas")
     gr.Markdown("Draw with the black brush (its size is under the brush icon); the eraser and undo are in the toolbar.")
-    sketch = CheckedCanvas(
+    sketch = CheckedEditor(
         label="Drawing", type="numpy", image_mode="RGBA", canvas_size=(width.default, height.default), sources=(),
         brush=gr.Brush(default_size=6, colors=["#000000"], default_color="#000000", color_mode="fixed"),
         eraser=gr.Eraser(default_size=16), layers=False, format="png", elem_id=f"{spec.name}-input",
@@ -293,10 +293,10 @@ def model_line(spec: AppSpec) -> str:
 SHOWN = {"map": "detected map", "input": "input image", "hint": "masked input (the hint)"}
 
 
-def _mask_inputs(spec: AppSpec) -> tuple[gr.ImageEditor, gr.components.Component]:
+def _mask_inputs(spec: AppSpec) -> tuple[CheckedEditor, CheckedImage]:
     """The inpaint input: the image with a brush (eraser, undo) to paint the area to repaint, and an optional
     mask image."""
-    editor = gr.ImageEditor(
+    editor = CheckedEditor(
         label="Input image: paint the area to repaint", sources=["upload"], type="numpy", image_mode="RGBA",
         brush=gr.Brush(default_size=24, colors=["#ff00ff"], default_color="#ff00ff", color_mode="fixed"),
         eraser=gr.Eraser(default_size=24), layers=False, transforms=(), format="png", elem_id=f"{spec.name}-input",

@@ -56,25 +56,35 @@ def show_notes(*values: Any) -> None:
             gr.Warning(note)
 
 
-class CheckedCanvas(gr.ImageEditor):
-    """The drawing canvas (a Sketchpad: no upload source) whose files are checked as uploads are: a corrupt or
-    oversized layer is refused with a message, not decoded."""
+class CheckedEditor(gr.ImageEditor):
+    """An ImageEditor whose files (background, layers, composite) are checked before Gradio decodes them, so that
+    a corrupt or oversized one is refused with a message. The drawing canvas (a Sketchpad: no upload source)
+    checks its layers' headers; an editor over an uploaded picture (the inpaint input) checks each file as
+    `CheckedImage` checks an upload."""
 
     is_template = True  # rendered by the frontend's ImageEditor component, as gr.Sketchpad is
 
     def preprocess(self, payload: Any) -> Any:
         if payload is None:
             return None
+        uploads = bool(self.sources)
         files = [getattr(payload, "background", None), getattr(payload, "composite", None),
                  *(getattr(payload, "layers", None) or [])]
         for file in files:
             path = getattr(file, "path", None)
-            if path is not None:
+            if path is not None and uploads:
+                try:
+                    read_image_noted(path, getattr(file, "orig_name", None))
+                except InvalidInput as err:
+                    raise user_error(err) from None
+            elif path is not None:
                 _check_drawing_file(Path(path))
         try:
             return super().preprocess(payload)
-        except (OSError, ValueError, SyntaxError) as err:  # a drawing Gradio could not decode
-            raise refusal(f"Could not read the drawing ({type(err).__name__}); clear the canvas and draw again.") from None
+        except (OSError, ValueError, SyntaxError) as err:  # a file Gradio could not decode
+            advice = "upload it again" if uploads else "clear the canvas and draw again"
+            what = "the input image" if uploads else "the drawing"
+            raise refusal(f"Could not read {what} ({type(err).__name__}); {advice}.") from None
 
 
 def _check_drawing_file(path: Path) -> None:

@@ -183,6 +183,15 @@ def test_bad_drawing_is_refused(client, corpus, file):
     refused(client, app_call(CANVAS_APPS[0], handle_file(str(corpus[file].path))), CANVAS_FILES[file])
 
 
+@pytest.mark.parametrize("file", REFUSED_FILES)
+def test_bad_picture_to_paint_on_is_refused(client, corpus, file):
+    """The inpaint editor's picture (its background and composite) is checked as any upload is."""
+    args, api_name = app_call(sorted(PAINT_MASK_APPS)[0], None)
+    bad = handle_file(str(corpus[file].path))
+    args[0], args[1] = {"background": bad, "layers": [], "composite": bad}, good_file()  # the mask: a good picture
+    refused(client, (args, api_name), corpus[file].message)
+
+
 def run_with_notes(client, call: tuple[list, str]):
     args, api_name = call
     job = client.submit(*args, api_name=api_name)
