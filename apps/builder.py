@@ -228,6 +228,25 @@ def guarded_run(cancel: CancelToken, progress: gr.Progress, work: Callable[..., 
 KEEPALIVE_S = 1.0  # a quiet run yields ("tick", None) this often, so that Gradio notices a client that left
 
 
+class RepeatableProgress:
+    """A gr.Progress that can send its last report again. The page clears an event's progress bar at each value
+    the event yields (a preview, a keep-alive tick), and Gradio sends a report only when one is made: without
+    the repeat, the bar would show for a moment after each step and be gone until the next one."""
+
+    def __init__(self, progress: gr.Progress):
+        self.progress = progress
+        self.last: tuple[tuple, dict] | None = None
+
+    def __call__(self, *args, **kwargs) -> None:
+        self.last = (args, kwargs)
+        self.progress(*args, **kwargs)
+
+    def repeat(self) -> None:
+        if self.last is not None:
+            args, kwargs = self.last
+            self.progress(*args, **kwargs)
+
+
 async def guarded_stream(cancel: CancelToken, progress: gr.Progress, work: Callable[..., T], runs: RunLog | None = None,
                          endpoint: str = "") -> AsyncIterator[tuple[str, Any]]:
     """`guarded_run` for `work(on_step, on_status, on_preview)` in a worker thread, so that the page can show its
@@ -240,6 +259,7 @@ async def guarded_stream(cancel: CancelToken, progress: gr.Progress, work: Calla
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     stopped = threading.Event()
+    progress = RepeatableProgress(progress)
 
     def put(item: tuple[str, Any]) -> None:
         try:
@@ -263,6 +283,7 @@ async def guarded_stream(cancel: CancelToken, progress: gr.Progress, work: Calla
             getter = getter or asyncio.ensure_future(events.get())
             if not (await asyncio.wait({getter}, timeout=KEEPALIVE_S))[0]:
                 yield "tick", None
+                progress.repeat()
                 continue
             kind, value = getter.result()
             getter = None
@@ -271,6 +292,7 @@ async def guarded_stream(cancel: CancelToken, progress: gr.Progress, work: Calla
             yield kind, value
             if kind == "result":
                 return
+            progress.repeat()  # the page has just cleared the bar for what was yielded
     finally:
         stopped.set()  # closed or cancelled before the result: the run stops at its next step
         if getter is not None:

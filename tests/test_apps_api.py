@@ -312,3 +312,36 @@ def test_stop_cancels_the_running_sampler_and_only_it():
     short = validate(spec, values | {"ddim_steps": 2}, "x", "", "", None)
     result = guarded_run(token, gr.Progress(), lambda on_step, on_status: run_app(spec, manager, image, short, on_step))
     assert len(result.samples) == 1
+
+
+def test_stream_repeats_the_progress_after_each_yield():
+    """The page clears the progress bar at every value a streaming event yields (a preview, a keep-alive tick),
+    so `guarded_stream` sends the last report again after each: the bar stays up between slow steps."""
+    import asyncio
+    import time
+
+    from apps.builder import KEEPALIVE_S, CancelToken, guarded_stream
+
+    reports = []
+
+    def progress(*args, **kwargs):
+        reports.append((args, kwargs.get("desc")))
+
+    def work(on_step, on_status, on_preview):
+        on_step(1, 3)
+        time.sleep(2.5 * KEEPALIVE_S)  # a slow step: two quiet seconds, two ticks
+        on_preview([np.zeros((8, 8, 3), np.uint8)], 1, 3)
+        time.sleep(0.2)
+        return "done"
+
+    async def consume():
+        kinds = []
+        async for kind, _ in guarded_stream(CancelToken(), progress, work):
+            kinds.append((kind, len(reports)))
+        return kinds
+
+    kinds = asyncio.run(consume())
+    step = (((1, 3),), "Sampling")
+    assert [k for k, _ in kinds] == ["tick", "tick", "preview", "result"]
+    # the step's report, then the same report once after each tick and after the preview
+    assert reports == [step] * 4, reports
