@@ -124,18 +124,31 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        x_in = x
-        x = self.norm(x)
-        if not self.use_linear:
-            x = self.proj_in(x)
-        x = x.flatten(2).transpose(1, 2)
-        if self.use_linear:
-            x = self.proj_in(x)
+        tokens = self.tokens_in(self.norm(x))
         for block in self.transformer_blocks:
-            x = block(x, context)
+            tokens = block(tokens, context)
+        return self.features_out(tokens, h, w) + x
+
+    def tokens_in(self, x: torch.Tensor) -> torch.Tensor:
+        """B×C×H×W features -> B×HW×inner tokens through proj_in."""
         if self.use_linear:
-            x = self.proj_out(x)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)
-        if not self.use_linear:
-            x = self.proj_out(x)
-        return x + x_in
+            return self.proj_in(x.flatten(2).transpose(1, 2))
+        if is_cpu_bfloat16(x):
+            # The 1×1 convolution as a product over the transposed view: the tokens come out of the product with
+            # no transposed copy of the activations (copying bfloat16 across strides is slow on the CPU).
+            # baddbmm adds the bias before its one rounding, as the convolution does (F.linear here rounds twice).
+            weight = self.proj_in.weight.flatten(1).t()
+            return torch.baddbmm(self.proj_in.bias, x.flatten(2).transpose(1, 2), weight.expand(x.shape[0], -1, -1))
+        return self.proj_in(x).flatten(2).transpose(1, 2)
+
+    def features_out(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """B×HW×inner tokens -> B×C×H×W features through proj_out."""
+        b = tokens.shape[0]
+        if self.use_linear:
+            return self.proj_out(tokens).transpose(1, 2).reshape(b, -1, h, w)
+        if is_cpu_bfloat16(tokens):
+            # weight @ tokensᵀ is channels-first already (see tokens_in).
+            weight = self.proj_out.weight.flatten(1)
+            return torch.baddbmm(self.proj_out.bias[:, None], weight.expand(b, -1, -1),
+                                 tokens.transpose(1, 2)).view(b, -1, h, w)
+        return self.proj_out(tokens.transpose(1, 2).reshape(b, -1, h, w))

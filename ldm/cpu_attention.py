@@ -2,12 +2,17 @@
 
 `attention(q, k, v)` is `F.scaled_dot_product_attention(q, k, v)` for tensors B×heads×N×D, except for inference
 in bfloat16 on the CPU with at least `MIN_KEYS` keys (the UNet's self-attention at 64×64 and 32×32 latents, the
-VAE's mid-block attention). There PyTorch's flash-attention kernel reaches about 130 GFLOP/s at SD 1.5's head
-size 40, a third of what the same CPU's bfloat16 matrix products do, and `blocked_attention` is 1.4–1.7× faster
-on the same inputs; its softmax is the compiled one of `native_softmax` where this machine can build it, another
-1.25x on the whole attention. float32 (every reference output), CUDA and training keep PyTorch's kernel.
+VAE's mid-block attention) on a CPU without AMX. There (AVX512-BF16 only, e.g. AMD Zen 4) PyTorch's
+flash-attention kernel reaches about 130 GFLOP/s at SD 1.5's head size 40, a third of what the same CPU's bfloat16
+matrix products do, and `blocked_attention` is 1.4–1.7× faster on the same inputs; its softmax is the compiled
+one of `native_softmax` where this machine can build it, another 1.25x on the whole attention. On a CPU with AMX
+tiles (Intel Sapphire Rapids and later) PyTorch's kernel runs its products on the tiles and is the faster one
+(a 64×64 self-attention: 92 against 153 ms), so it is kept there. float32 (every reference output), CUDA and
+training keep PyTorch's kernel.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +26,17 @@ QUERY_BLOCK = 512  # a 512×4096 bfloat16 score block (4 MB) stays in this kind 
 COLUMN_MULTIPLE = 16  # oneDNN's bfloat16 kernels take value widths that are multiples of 16 much faster
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (as PyTorch detects them; False where this PyTorch cannot tell)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    if (is_cpu_bfloat16(q) and k.shape[-2] >= MIN_KEYS
+    if (is_cpu_bfloat16(q) and k.shape[-2] >= MIN_KEYS and not cpu_has_amx()
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
         return blocked_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from cldm.control import Control, ControlledDenoiser, ControlMode, ControlUnit
 from cldm.ddim import guided_model_fn
-from ldm.attention import GroupNorm32
+from cldm.shared_model import randomize_
+from ldm.attention import GroupNorm32, SpatialTransformer
+from ldm import cpu_attention
 from ldm.cpu_attention import MIN_KEYS, attention, blocked_attention
 from ldm.layout import cpu_bfloat16_layout
 from ldm.matmul_conv import Conv2d, conv_as_matmul
@@ -44,7 +46,8 @@ def test_blocked_attention_is_scaled_dot_product_attention(batch, heads, n, keys
     assert not torch.allclose(blocked_attention(q, k, v, block), out, atol=1e-4)
 
 
-def test_attention_takes_the_blocked_path_for_long_bfloat16_self_attention():
+def test_attention_takes_the_blocked_path_for_long_bfloat16_self_attention(monkeypatch):
+    monkeypatch.setattr(cpu_attention, "cpu_has_amx", lambda: False)
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(3, 1, 8, MIN_KEYS, 40, generator=g)
     exact = F.scaled_dot_product_attention(q, k, v)
@@ -58,6 +61,38 @@ def test_attention_takes_the_blocked_path_for_long_bfloat16_self_attention():
     qg = q.bfloat16().requires_grad_()
     attention(qg, k.bfloat16(), v.bfloat16()).float().sum().backward()
     assert qg.grad is not None and torch.isfinite(qg.grad.float()).all()
+
+
+def test_attention_keeps_pytorchs_kernel_on_a_cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(cpu_attention, "cpu_has_amx", lambda: True)
+    q, k, v = torch.randn(3, 1, 2, MIN_KEYS, 40, generator=torch.Generator().manual_seed(1)).bfloat16()
+    torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("use_linear", [False, True])
+def test_spatial_transformer_projections_in_bfloat16_match_the_plain_layers(use_linear):
+    """proj_in/proj_out as products over transposed views (bfloat16 on the CPU) against the convolution (or linear
+    layer) followed by the transposes; float32 computes exactly the plain composition."""
+    block = randomize_(SpatialTransformer(64, 2, 32, 1, 32, use_linear=use_linear), seed=3).eval()
+    g = torch.Generator().manual_seed(4)
+    x, context = torch.randn(2, 64, 6, 5, generator=g), torch.randn(2, 7, 32, generator=g)
+
+    def plain(block, x):
+        b, _, h, w = x.shape
+        tokens = block.norm(x)
+        tokens = (block.proj_in(tokens).flatten(2).transpose(1, 2) if not use_linear
+                  else block.proj_in(tokens.flatten(2).transpose(1, 2)))
+        tokens = block.transformer_blocks[0](tokens, context.to(x.dtype))
+        if use_linear:
+            return block.proj_out(tokens).transpose(1, 2).reshape(b, -1, h, w) + x
+        return block.proj_out(tokens.transpose(1, 2).reshape(b, -1, h, w)) + x
+
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, context), plain(block, x), rtol=0, atol=0)
+        fast = block.bfloat16()(x.bfloat16(), context.bfloat16())
+        assert fast.dtype == torch.bfloat16 and fast.shape == x.shape
+        # Within bfloat16's rounding of the float32 result (a transposed weight would be off by 100 %).
+        assert rel(fast, plain(block.float(), x)) < 2e-2
 
 
 def test_group_norm_in_bfloat16_matches_the_float32_round_trip():
