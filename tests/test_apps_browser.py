@@ -282,18 +282,22 @@ def test_bad_upload_shows_error_then_recovers(page, image_file, tmp_path, kind):
     assert run_app_page(page, name, image_file) == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
 
 
-def test_progress_and_stop(page, image_file):
+def test_progress_and_stop(browser, server, image_file):
     name = "canny"
-    run_app_page(page, name, image_file)  # a finished run first, so the inputs are in place
-    set_number(page, f"{name}-ddim_steps", 100)
-    set_number(page, f"{name}-image_resolution", 512)
-    page.locator(f"#{name}-run").click()
-    progress = page.locator(f"#{name}-gallery").get_by_text(re.compile(r"Sampling"))
-    expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)
-    page.locator(f"#{name}-stop").click()
-    expect(progress).to_have_count(0)
-    # the server stopped sampling at the next step: a new (short) run gets the generate slot and finishes
-    assert run_app_page(page, name, image_file) == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
+    page = open_app(browser, server.url)
+    try:
+        run_app_page(page, name, image_file)  # a finished run first, so the inputs are in place
+        set_number(page, f"{name}-ddim_steps", 100)
+        set_number(page, f"{name}-image_resolution", 512)
+        page.locator(f"#{name}-run").click()
+        progress = page.locator(f"#{name}-gallery").get_by_text(re.compile(r"Sampling"))
+        expect(progress.first).to_be_visible(timeout=TIMEOUT_MS)
+        page.locator(f"#{name}-stop").click()
+        expect(progress).to_have_count(0)
+        # the server stopped sampling at the next step: a new (short) run gets the generate slot and finishes
+        assert run_app_page(page, name, image_file) == [(INPUT_H, INPUT_W)] * (1 + SAMPLES)
+    finally:
+        page.close()
 
 
 def test_missing_image_shows_error(page, image_file):
