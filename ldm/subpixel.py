@@ -32,16 +32,14 @@ def upsample_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     returned channels-last."""
     n, _, h, w = x.shape
     out_channels = weight.shape[0]
-    kernels = phase_kernels(weight).contiguous(memory_format=torch.channels_last)
-    # Output (i, j) of the padded 2×2 convolution sees input rows i-1, i and columns j-1, j: phase (a, b) is the
-    # (h, w) window starting at (a, b).
-    phases = F.conv2d(x, kernels, None if bias is None else bias.repeat(4), padding=1)
-    out = torch.empty(n, out_channels, 2 * h, 2 * w, dtype=phases.dtype, device=x.device,
+    kernels = phase_kernels(weight).contiguous(memory_format=torch.channels_last).split(out_channels)
+    out = torch.empty(n, out_channels, 2 * h, 2 * w, dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
     pixels = out.permute(0, 2, 3, 1).view(n, h, 2, w, 2, out_channels)
-    by_phase = phases.permute(0, 2, 3, 1)
+    # Output (i, j) of the padded 2×2 convolution sees input rows i-1, i and columns j-1, j: phase (a, b) is the
+    # (h, w) window starting at (a, b). One phase at a time, so only a quarter of the output exists twice.
     for a in range(2):
         for b in range(2):
-            p = 2 * a + b
-            pixels[:, :, a, :, b, :].copy_(by_phase[:, a:a + h, b:b + w, p * out_channels:(p + 1) * out_channels])
+            phase = F.conv2d(x, kernels[2 * a + b], bias, padding=1)
+            pixels[:, :, a, :, b, :].copy_(phase.permute(0, 2, 3, 1)[:, a:a + h, b:b + w])
     return out

@@ -41,10 +41,11 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Without autograd the activations and the sum are computed in place: at 512² each new buffer would be
-        # 64 MB of fresh pages.
+        # 64 MB of fresh pages. `h` is rebound before conv2 runs, so conv1's output is freed by then.
         inplace = not torch.is_grad_enabled()
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        h = self.dropout(F.silu(self.norm2(h), inplace=inplace))
+        h = self.conv2(h)
         return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
 
 
