@@ -30,7 +30,7 @@ import torch
 
 from annotator.registry import REGISTRY, Param
 from annotator.util import check_image, resize_image
-from apps.allocator import release_free_memory
+from cldm.allocator import release_free_memory
 from apps.backend import Backend
 from apps.components import CheckedEditor, CheckedImage, Dropdown, Number, Radio, Slider, refusal, show_notes, user_error
 from apps.controls import (DEFAULT_SAMPLER, FAST_SCALE, FAST_STEPS, LORA_SCALE, SAMPLER_CHOICES, SCALE,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cldm import limits
+from cldm.allocator import release_free_memory
 from cldm.control import ControlledDenoiser, ControlMode, ControlUnit
 from cldm.ddim import StepCallback, guided_model_fn, initial_noise, model_alphas_cumprod
 from cldm.img2img import LatentMask, composite, encode_image, hint_mask, latent_keep_mask
@@ -182,6 +183,8 @@ def generate_multi(model: nn.Module, units: list[ControlUnit], params: Generatio
         model_fn = guided_model_fn(ControlledDenoiser(model, units, mode, timesteps), cond, uncond, params.scale)
         latents = sampler.sample(model_fn, x_t, timesteps, alphas_cumprod, params.eta, generator, callback, mask=mask)
         model.low_vram_shift(is_diffusing=False)
+        if latents.device.type == "cpu":
+            release_free_memory()  # the decode is the run's memory peak (see cldm.allocator)
         decoded = (decoder.decode(latents) if decoder is not None else model.decode_first_stage(latents.to(dtype))).float()
     pixels = (decoded.permute(0, 2, 3, 1) * 127.5 + 127.5).cpu().numpy()
     if isinstance(init, Inpaint):  # pasted before clipping, as the original

@@ -265,3 +265,19 @@ def test_samplers_differ_and_bad_sampler_settings_are_refused(model, control_map
         params(sampler="plms")
     with pytest.raises(GenerationInputError, match="at most 50 with the LCM sampler"):
         params(sampler="lcm", steps=51)
+
+
+def test_free_heap_is_released_before_the_decode(model, control_map, monkeypatch):
+    """On the CPU the run's memory peak is the VAE decode; the heap the sampler freed goes back to the system
+    just before it, not after."""
+    import cldm.pipeline
+
+    events = []
+    monkeypatch.setattr(cldm.pipeline, "release_free_memory", lambda: events.append("release"))
+    hook = model.first_stage_model.decoder.register_forward_pre_hook(lambda *_: events.append("decode"))
+    try:
+        generate(model, control_map, params(steps=1),
+                 callback=lambda i, *_: events.append("step") or True)
+    finally:
+        hook.remove()
+    assert events == ["step", "release", "decode"]

@@ -4,8 +4,10 @@ Each run samples in a worker thread of its own, and glibc gives threads separate
 core); the tensors a run frees stay in its arena, so the resident size of a server that has served a few
 hundred requests creeps up by half or more although nothing is kept. With two arenas and the free memory
 handed back to the system after each run (`malloc_trim`), it stays within a few percent of its size after
-the first requests (measured with `python -m bench.load`). Elsewhere than glibc (macOS, musl, Windows) both
-calls do nothing.
+the first requests (measured with `python -m bench.load`). A generation on the CPU also trims once between
+sampling and decoding (`cldm.pipeline`): the decoder's buffers at 512² are fresh mappings, and the heap the
+sampler freed would otherwise stay resident beside them, at the run's memory peak. Elsewhere than glibc (macOS,
+musl, Windows) both calls do nothing.
 """
 from __future__ import annotations
 
