@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -27,6 +28,13 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 START_TIMEOUT = 240
+
+# Under `pytest -n N` (pytest-xdist, `--dist loadgroup`) the tests that start app servers run in two groups, each
+# in one worker and in file order: those that drive Chromium and those that call the API. A group's files share
+# their servers (one per test process), and a server with its browser needs about a core of its own, so the
+# timing-sensitive page tests never compete with a second page. The other workers run the in-process tests.
+BROWSER_SERVER_TESTS = pytest.mark.xdist_group("browser_servers")
+API_SERVER_TESTS = pytest.mark.xdist_group("api_servers")
 
 
 def free_port() -> int:

@@ -15,7 +15,9 @@ from gradio_client.exceptions import AppError
 from apps.annotators import SECTIONS as ANNOTATOR_SECTIONS
 from apps.controls import MAX_PROMPT_CHARS
 from apps.registry import APPS
-from tests.apps_server import bad_inputs, input_image_path, shared_client, start_server, synthetic_image, write_png
+from tests.apps_server import API_SERVER_TESTS, bad_inputs, input_image_path, shared_client, start_server, synthetic_image, write_png
+
+pytestmark = API_SERVER_TESTS
 
 RESOLUTION = 256
 INPUT_H, INPUT_W = 256, 320

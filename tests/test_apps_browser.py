@@ -18,9 +18,9 @@ from apps.pages import PAGES
 from apps.registry import APPS, GROUP_OF, GROUPS
 from apps.builder import TINY_BANNER, group_id
 from weights.table import WEIGHTS
-from tests.apps_server import CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server, start_server
+from tests.apps_server import BROWSER_SERVER_TESTS, CHROMIUM_ARGS, SCREENSHOTS, bad_inputs, input_image_path, require_browser, shared_server, start_server
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, BROWSER_SERVER_TESTS]
 
 RESOLUTION = 256
 DETECT_RESOLUTION = 128  # the smallest: the random-weight detectors are the slow part

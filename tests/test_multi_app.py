@@ -19,11 +19,13 @@ from apps.controls import A_PROMPT, N_PROMPT
 from apps.multi_request import COMMON
 from cldm.control_bank import MAX_UNITS, ControlBank, ControlBankError
 from cldm.shared_model import SharedModel
-from tests.apps_server import SCREENSHOTS, input_image_path, shared_server, synthetic_image, write_png
+from tests.apps_server import BROWSER_SERVER_TESTS, SCREENSHOTS, input_image_path, shared_server, synthetic_image, write_png
 from tests.test_apps_api import image_sizes
 from tests.test_apps_browser import TIMEOUT_MS, browser, dismiss_toasts, open_app, open_tab, set_number  # noqa: F401
 from tests.test_apps_browser import gallery_sizes as page_gallery_sizes
 from weights.table import WEIGHTS
+
+pytestmark = BROWSER_SERVER_TESTS
 
 RESOLUTION = 256
 INPUT_H, INPUT_W = 256, 320  # at resolution 256 the output is 256×320

@@ -19,9 +19,11 @@ from apps.controls import A_PROMPT, N_PROMPT
 from apps.multi_request import COMMON
 from apps.png_info import parse_parameters
 from apps.registry import APPS
-from tests.apps_server import SCREENSHOTS, input_image_path, start_server, write_png
+from tests.apps_server import BROWSER_SERVER_TESTS, SCREENSHOTS, input_image_path, start_server, write_png
 from tests.test_apps_browser import browser, open_advanced, open_app, open_tab  # noqa: F401 (browser: a fixture)
 from weights.table import WEIGHTS
+
+pytestmark = BROWSER_SERVER_TESTS
 
 INPUT_H, INPUT_W = 256, 320
 CANNY = {"prompt": "a red house, by a lake:\nat dusk", "a_prompt": "sharp", "n_prompt": "blurry, dark",

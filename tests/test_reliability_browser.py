@@ -13,13 +13,14 @@ from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 from playwright.sync_api import Page, expect
 
+from tests.apps_server import BROWSER_SERVER_TESTS
 from tests.input_corpus import build_corpus
 from tests.test_apps_browser import browser, error_toast, open_advanced, open_app, set_number  # noqa: F401 (browser: a fixture)
 from tests.test_reliability_inputs import app_call
 # The same server as the queue tests' (--max-queue 2, a hold file): their fixtures.
 from tests.test_reliability_queue import hold, hold_one_run, released, server, status, wait_until  # noqa: F401
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, BROWSER_SERVER_TESTS]
 
 TIMEOUT_MS = 120_000
 

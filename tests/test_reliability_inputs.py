@@ -27,9 +27,11 @@ from apps.annotators import SECTIONS
 from apps.controls import A_PROMPT, MAX_PROMPT_CHARS, N_PROMPT
 from apps.multi_request import COMMON
 from apps.registry import APPS
-from tests.apps_server import shared_client, shared_server
+from tests.apps_server import API_SERVER_TESTS, shared_client, shared_server
 from tests.input_corpus import CorpusFile, build_corpus, picture
 from tests.test_apps_api import image_sizes
+
+pytestmark = API_SERVER_TESTS
 
 RESOLUTION = 256
 UPLOAD_APPS = [name for name, spec in APPS.items() if not spec.canvas]

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 
 from bench.load import make_requests, run_load
-from tests.apps_server import start_server
+from tests.apps_server import API_SERVER_TESTS, start_server
+
+pytestmark = API_SERVER_TESTS
 
 USERS, REQUESTS, WARMUP = 5, 50, 20
 DRIFT = 0.05

@@ -9,9 +9,11 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.apps_server import free_port, start_server
+from tests.apps_server import API_SERVER_TESTS, free_port, start_server
 from tests.input_corpus import picture
 from tests.test_reliability_inputs import app_call
+
+pytestmark = API_SERVER_TESTS
 
 FIRST_ANSWER_S = 5.0
 

@@ -25,10 +25,12 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.utils import QueueError, Status
 
-from tests.apps_server import start_server
+from tests.apps_server import API_SERVER_TESTS, start_server
 from tests.input_corpus import picture
 from tests.test_apps_api import image_sizes
 from tests.test_reliability_inputs import app_call, multi_call
+
+pytestmark = API_SERVER_TESTS
 
 MAX_QUEUE = 2
 TIMEOUT = 120
