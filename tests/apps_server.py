@@ -28,6 +28,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 START_TIMEOUT = 240
+EXPECT_TIMEOUT_MS = 30_000
 
 # Under `pytest -n N` (pytest-xdist, `--dist loadgroup`) the tests that start app servers run in two groups, each
 # in one worker and in file order: those that drive Chromium and those that call the API. A group's files share
@@ -169,7 +170,12 @@ def bad_inputs(folder: Path) -> dict[str, Path]:
 
 
 def require_browser() -> str:
-    """The Chromium path; a missing browser is an error, never a skip."""
+    """The Chromium path; a missing browser is an error, never a skip. Also gives Playwright's assertions
+    `EXPECT_TIMEOUT_MS` where a test names no timeout: their default, 5 s, is shorter than a page event can take
+    on a busy 2-core machine (the Fast switch's page-load event took longer under `pytest -n 2`)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         raise RuntimeError(f"{CHROMIUM} is missing: install it with `sudo apt-get install -y chromium`")
     return CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")

@@ -115,7 +115,13 @@ def open_advanced(page: Page, name: str) -> None:
 
 def gallery_sizes(page: Page, gallery_id: str, count: int) -> list[tuple[int, int]]:
     images = page.locator(f"#{gallery_id} img")
-    expect(images).to_have_count(count, timeout=TIMEOUT_MS)
+    try:
+        expect(images).to_have_count(count, timeout=TIMEOUT_MS)
+    except AssertionError as err:  # say what the gallery shows instead
+        items = page.locator(f"#{gallery_id} .thumbnail-item").evaluate_all(
+            "items => items.map(i => i.getAttribute('aria-label') + ': ' + (i.querySelector('img')?.alt ?? "
+            "i.innerHTML.slice(0, 200)))")
+        raise AssertionError(f"{err}\ngallery items: {items}") from None
     page.wait_for_function(
         f"() => Array.from(document.querySelectorAll('#{gallery_id} img')).every(i => i.complete && i.naturalWidth > 0)")
     return [tuple(s) for s in images.evaluate_all("imgs => imgs.map(i => [i.naturalHeight, i.naturalWidth])")]
@@ -147,8 +153,10 @@ def draw_on_canvas(page: Page, name: str) -> None:
 
 
 def upload_to_editor(page: Page, name: str, image_file: Path) -> None:
-    """Upload into the image editor. An editor whose tab has only just been opened can drop an upload (its
-    canvas stays empty, "… select the draw tool to start"), so the upload is repeated until the image shows."""
+    """Upload into the image editor once its toolbar is there: an upload into an editor whose canvas is still
+    being set up is dropped (it stays empty, "… select the draw tool to start"), and so can be the next ones.
+    The upload is repeated until the image shows."""
+    expect(page.locator(f"#{name}-input button[aria-label='Brush']")).to_be_visible()
     empty = page.locator(f"#{name}-input").get_by_text("select the draw tool to start")
     for _ in range(3):
         page.set_input_files(f"#{name}-input input[type=file]", str(image_file))
