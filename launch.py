@@ -166,9 +166,29 @@ def serve(args: argparse.Namespace) -> int:
     pages = list(PAGES.values()) if args.app == "all" else [PAGES[args.app]]
     demo = build_demo(pages, make_backend(args, LORA_DIR))
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
-    demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                ssr_mode=False, show_error=False, max_file_size=MAX_UPLOAD, css=CSS)
+    launch(demo, server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+           ssr_mode=False, show_error=False, max_file_size=MAX_UPLOAD, css=CSS)
     return 0
+
+
+LAUNCH_TRIES = 3
+
+
+def launch(demo, **options) -> None:
+    """`demo.launch(**options)`, started again when Gradio's start-up check of its own page fails. Gradio asks
+    the new server for its page with a 3 s timeout and, at the first timeout, stops with "When localhost is not
+    accessible, a shareable link must be created": a busy 2-core machine can take that long to answer the first
+    request of the full suite's page. A real proxy problem still fails, after the last try."""
+    for attempt in range(1, LAUNCH_TRIES + 1):
+        try:
+            demo.launch(**options)
+            return
+        except ValueError as err:
+            if "localhost is not accessible" not in str(err) or attempt == LAUNCH_TRIES:
+                raise
+            demo.close()
+            print(f"The server did not answer its own start-up check in time (try {attempt} of {LAUNCH_TRIES}); "
+                  "starting it again.", flush=True)
 
 
 def explicit_options(argv: list[str]) -> set[str]:

@@ -123,3 +123,33 @@ def test_generate_entry_point(image, tmp_path):
                           "--prompt", "x", "--out", str(tmp_path)], cwd=ROOT, env=server_env(), capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_launch_starts_again_when_gradios_self_check_times_out(monkeypatch):
+    """Gradio stops at its first timed-out request to its own page ("localhost is not accessible"); `launch`
+    closes that server and starts it again. A check that keeps failing still fails, after the last try."""
+    import urllib.request
+
+    import gradio as gr
+    from gradio import networking
+
+    from tests.apps_server import free_port
+
+    answers = iter([False, True])
+    monkeypatch.setattr(networking, "url_ok", lambda url: next(answers))
+    with gr.Blocks() as demo:
+        gr.Markdown("hello")
+    port = free_port()
+    try:
+        launch.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200
+    finally:
+        demo.close()
+
+    calls = []
+    monkeypatch.setattr(networking, "url_ok", lambda url: calls.append(url) and False)
+    with pytest.raises(ValueError, match="localhost is not accessible"):
+        launch.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo.close()
+    assert len(calls) == launch.LAUNCH_TRIES
