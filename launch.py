@@ -341,11 +341,12 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cldm.allocator import limit_arenas, use_huge_pages
+
+    use_huge_pages()  # before torch's first allocation
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["generate"]:
         return generate(generate_parser().parse_args(argv[1:]), explicit_options(argv[1:]))
-    from cldm.allocator import limit_arenas
-
     limit_arenas()  # before torch starts its threads: a server's memory stays flat over many requests
     return serve(serve_parser(page_names()).parse_args(argv))
 

@@ -11,6 +11,9 @@ measurement then runs in a fresh subprocess that loads its side from disk and ge
 * `step`: mean time of the DDIM steps after the first (from the per-step callbacks);
 * `peak_rss_gen`: peak resident memory while generating (the kernel's high-water mark, reset before);
 * `maxrss`: getrusage's ru_maxrss (on Linux the reset above lowers it too, so it then equals `peak_rss_gen`).
+With `--repeat R` the Fast cases, which take seconds, generate R times in their process: `total` and `step` are
+then those of the fastest of the R (as timeit reports its best: on a shared machine the slower runs measure the
+neighbours), `median` the median total, and the peak RSS the highest of the R. Ratios are given for both.
 RSS counts memory-mapped weight pages that have been touched, for both sides alike.
 The machine load (os.getloadavg) is recorded before each run: on a shared 2-core box it dominates timings.
 
@@ -36,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+
+from cldm.allocator import HUGE_PAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT, A_PROMPT, N_PROMPT = "a house by a lake", "best quality, extremely detailed", "lowres, bad anatomy"
@@ -145,11 +150,7 @@ def run_ours(work: Path, config: Path, res: int, steps: int, dtype: torch.dtype,
                               seed=SEED, image_resolution=res)
     if warmup:
         generate(model, cmap, GenerationParams(prompt=PROMPT, steps=1, seed=SEED, scale=SCALE))
-    stamps: list[float] = []
-    with PeakRSS() as rss:
-        start = time.perf_counter()
-        image = generate(model, cmap, params, callback=lambda *_: stamps.append(time.perf_counter())).images[0]
-        total = time.perf_counter() - start
+    result = timed(lambda on_step: generate(model, cmap, params, callback=on_step).images[0], repeat=1)
     # One conditional ε at a fixed input, for the bf16-vs-fp32 accuracy check.
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 4, res // 8, res // 8, generator=g)
@@ -159,10 +160,11 @@ def run_ours(work: Path, config: Path, res: int, steps: int, dtype: torch.dtype,
         unit = ControlUnit(model.control_model, cmap)
         eps = ControlledDenoiser(model, [unit], ControlMode.BALANCED, torch.tensor([501]))(
             x, torch.tensor([501]), {"c_concat": [hint.to(dtype)], "c_crossattn": [context]})
-    return _record(total, stamps, rss.peak, image, eps.float())
+    return result | {"eps": eps.float()}
 
 
-def run_ours_fast(work: Path, config: Path, res: int, dtype: torch.dtype, warmup: int, taesd: bool) -> dict:
+def run_ours_fast(work: Path, config: Path, res: int, dtype: torch.dtype, warmup: int, taesd: bool,
+                  repeat: int) -> dict:
     from cldm.checkpoint import load_state_dict
     from cldm.lora import merge_lora, read_lora
     from cldm.model import create_model, load_full_checkpoint
@@ -181,15 +183,11 @@ def run_ours_fast(work: Path, config: Path, res: int, dtype: torch.dtype, warmup
                               image_resolution=res, sampler="lcm")
     if warmup:
         generate(model, cmap, GenerationParams(prompt=PROMPT, steps=1, seed=SEED, scale=1.0, sampler="lcm"), decoder=decoder)
-    stamps: list[float] = []
-    with PeakRSS() as rss:
-        start = time.perf_counter()
-        image = generate(model, cmap, params, lambda *_: stamps.append(time.perf_counter()), decoder).images[0]
-        total = time.perf_counter() - start
-    return _record(total, stamps, rss.peak, image, None)
+    return timed(lambda on_step: generate(model, cmap, params, on_step, decoder).images[0], repeat)
 
 
-def run_diffusers(work: Path, res: int, steps: int, dtype: torch.dtype, warmup: int, fast: bool = False) -> dict:
+def run_diffusers(work: Path, res: int, steps: int, dtype: torch.dtype, warmup: int, fast: bool = False,
+                  repeat: int = 1) -> dict:
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline,
                            UNet2DConditionModel)
     from PIL import Image
@@ -221,25 +219,35 @@ def run_diffusers(work: Path, res: int, steps: int, dtype: torch.dtype, warmup: 
         steps = 4
     if warmup:
         pipe(**kwargs, num_inference_steps=1, generator=torch.Generator().manual_seed(SEED))
-    stamps: list[float] = []
+    def one(on_step) -> np.ndarray:
+        def callback(pipeline, i, t, tensors):
+            on_step()
+            return tensors
 
-    def on_step(pipeline, i, t, tensors):
-        stamps.append(time.perf_counter())
-        return tensors
+        with torch.no_grad():
+            out = pipe(**kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(SEED),
+                       callback_on_step_end=callback).images[0]
+        return (out * 255).round().astype(np.uint8)
 
-    with PeakRSS() as rss, torch.no_grad():
-        start = time.perf_counter()
-        out = pipe(**kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(SEED),
-                   callback_on_step_end=on_step).images[0]
-        total = time.perf_counter() - start
-    return _record(total, stamps, rss.peak, (out * 255).round().astype(np.uint8), None)
+    return timed(one, repeat)
 
 
-def _record(total: float, stamps: list[float], peak: int, image: np.ndarray, eps) -> dict:
-    steps = np.diff(stamps) if len(stamps) > 1 else np.array([float("nan")])
-    return {"total_s": total, "step_s": float(steps.mean()), "peak_rss_gen_gb": peak / 1e9,
-            "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
-            "finite": bool(np.isfinite(image.astype(float)).all()), "eps": eps}
+def timed(generate_one, repeat: int) -> dict:
+    """Runs `generate_one(on_step)` (one image; `on_step()` called after each step) `repeat` times; the totals,
+    the fastest run's mean step after the first, and the highest peak RSS."""
+    totals, steps, peak, finite = [], [], 0, True
+    for _ in range(repeat):
+        stamps: list[float] = []
+        with PeakRSS() as rss:
+            start = time.perf_counter()
+            image = generate_one(lambda *_: stamps.append(time.perf_counter()))
+            totals.append(time.perf_counter() - start)
+        steps.append(float(np.diff(stamps).mean()) if len(stamps) > 1 else float("nan"))
+        peak, finite = max(peak, rss.peak), finite and bool(np.isfinite(image.astype(float)).all())
+    best = int(np.argmin(totals))
+    return {"total_s": totals[best], "median_s": float(np.median(totals)), "totals_s": totals, "step_s": steps[best],
+            "peak_rss_gen_gb": peak / 1e9, "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+            "finite": finite, "eps": None}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -254,9 +262,11 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "ours":
         result = run_ours(work, config, res, args.steps, dtype, args.warmup)
     elif args.child in ("ours_fast", "ours_fast_taesd"):
-        result = run_ours_fast(work, config, res, dtype, args.warmup, taesd=args.child == "ours_fast_taesd")
+        result = run_ours_fast(work, config, res, dtype, args.warmup, taesd=args.child == "ours_fast_taesd",
+                               repeat=args.repeat)
     else:
-        result = run_diffusers(work, res, args.steps, dtype, args.warmup, fast=args.child == "diffusers_fast")
+        fast = args.child == "diffusers_fast"
+        result = run_diffusers(work, res, args.steps, dtype, args.warmup, fast, repeat=args.repeat if fast else 1)
     eps = result.pop("eps")
     if eps is not None:
         torch.save(eps, work / f"eps_{args.dtype[0]}_{res}.pt")
@@ -266,9 +276,11 @@ def child(args: argparse.Namespace) -> None:
 def spawn(args: argparse.Namespace, work: Path, role: str, res: int = 0, dtype: str = "float32") -> dict:
     cmd = [sys.executable, "-m", "bench.sampling", "--child", role, "--work", str(work), "--config", args.config,
            "--threads", str(args.threads), "--steps", str(args.steps), "--res", str(res), "--dtype", dtype,
-           "--warmup", str(args.warmup)]
+           "--warmup", str(args.warmup), "--repeat", str(args.repeat)]
     load = os.getloadavg()[0]
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # Our side runs with the process settings launch.py gives the product (huge pages for large tensors).
+    ours = HUGE_PAGES if role.startswith("ours") else {}
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**ours, **os.environ, "HF_HUB_OFFLINE": "1"})
     if role == "prepare":
         return {}
     return {**json.loads((work / "result.json").read_text()), "load_before": load}
@@ -285,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", help="folder for the weight files, kept and reused (default: a temporary folder)")
     parser.add_argument("--warmup", type=int, default=1, help="run one 1-step generation before timing (1/0)")
     parser.add_argument("--fast", action="store_true", help="the Fast preset benchmark (see the module docstring)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed generations per Fast case (the best is reported)")
     parser.add_argument("--child", choices=["prepare", "ours", "diffusers", "ours_fast", "ours_fast_taesd",
                                             "diffusers_fast"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -320,9 +333,10 @@ def report(res: int, results: dict, work: Path, baselines: dict[str, str] | None
     baselines = baselines or {"ours": "diffusers"}
     for (side, dtype), r in results.items():
         baseline = results.get((baselines.get(side), "float32"))
-        ratio = f" ratio_total={r['total_s'] / baseline['total_s']:.2f} ratio_step={r['step_s'] / baseline['step_s']:.2f}" \
-            if baseline else ""
-        print(f"res={res} {side:9s} {dtype:8s} total={r['total_s']:.2f}s step={r['step_s']:.2f}s "
+        ratio = f" ratio_total={r['total_s'] / baseline['total_s']:.2f} ratio_median={r['median_s'] / baseline['median_s']:.2f}" \
+            f" ratio_step={r['step_s'] / baseline['step_s']:.2f}" if baseline else ""
+        runs = f" (median {r['median_s']:.2f}s of {len(r['totals_s'])})" if len(r["totals_s"]) > 1 else ""
+        print(f"res={res} {side:9s} {dtype:8s} total={r['total_s']:.2f}s{runs} step={r['step_s']:.2f}s "
               f"peak_rss_gen={r['peak_rss_gen_gb']:.2f}GB maxrss={r['maxrss_gb']:.2f}GB "
               f"load_before={r['load_before']:.2f} finite={r['finite']}{ratio}", flush=True)
     ref = work / f"eps_float32_{res}.pt"

@@ -255,3 +255,26 @@ def test_each_hint_is_encoded_once_per_run_with_the_same_result():
     assert len(calls) == 1 + len(timesteps)
     for a, b in zip(cached, plain):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_hint_encoder_runs_channels_last_in_bfloat16_with_the_same_result():
+    net = randomize_(random_model(seed=0)[0].control_model, 4).to(torch.bfloat16)
+    hint = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    layouts = []
+    handle = net.input_hint_block[0].register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        with torch.no_grad():
+            embedded = net.embed_hint(hint)
+            plain = net.input_hint_block(hint.to(torch.bfloat16), None, None)
+    finally:
+        handle.remove()
+    assert layouts == [True, False]
+    assert embedded.is_contiguous()  # back in the layout the UNet keeps
+    torch.testing.assert_close(embedded, plain, rtol=0, atol=0)
+    with torch.no_grad():
+        float_net = net.float()
+        float_net.input_hint_block[0].register_forward_pre_hook(
+            lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        float_net.embed_hint(hint)
+    assert layouts[-1] is False  # float32 keeps the default layout
