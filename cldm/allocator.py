@@ -11,7 +11,7 @@ musl, Windows) both calls do nothing.
 
 Large tensors are backed by transparent huge pages (`use_huge_pages`): a 512² VAE decode allocates about 2 GB of
 fresh buffers, and with 4 KB pages the kernel faults and zeroes them one page at a time (about 475 000 faults
-per decode, 15 000 with 2 MB pages; the decode 6-8 % faster on a 2-core CPU).
+per decode, 15 000 with 2 MB pages; the decode 3-12 % faster on a 2-core CPU).
 """
 from __future__ import annotations
 
