@@ -6,8 +6,8 @@ hundred requests creeps up by half or more although nothing is kept. With two ar
 handed back to the system after each run (`malloc_trim`), it stays within a few percent of its size after
 the first requests (measured with `python -m bench.load`). A generation on the CPU also trims once between
 sampling and decoding (`cldm.pipeline`): the decoder's buffers at 512² are fresh mappings, and the heap the
-sampler freed would otherwise stay resident beside them, at the run's memory peak. Elsewhere than glibc (macOS,
-musl, Windows) both calls do nothing.
+sampler freed would otherwise stay resident beside them, at the run's memory peak (the VAE decoder trims again
+between its levels, `ldm.vae`). Elsewhere than glibc (macOS, musl, Windows) both calls do nothing.
 
 Large tensors are backed by transparent huge pages (`use_huge_pages`): a 512² VAE decode allocates about 2 GB of
 fresh buffers, and with 4 KB pages the kernel faults and zeroes them one page at a time (about 475 000 faults
@@ -15,10 +15,12 @@ per decode, 15 000 with 2 MB pages; the decode 3-12 % faster on a 2-core CPU).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
+
+from ldm.heap import LIBC, release_free_memory
+
+__all__ = ["limit_arenas", "release_free_memory", "use_huge_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +29,6 @@ SERVER_ARENAS = 2
 # PyTorch's switch: CPU tensors of 2 MB and more are 2 MB-aligned and advised MADV_HUGEPAGE, which a kernel
 # whose transparent huge pages are set to `madvise` (the common default) or `always` honours.
 HUGE_PAGES = {"THP_MEM_ALLOC_ENABLE": "1"}
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-
-
-LIBC = _libc()
 
 
 def limit_arenas(arenas: int = SERVER_ARENAS) -> bool:
@@ -60,9 +48,3 @@ def use_huge_pages() -> None:
     imported."""
     for name, value in HUGE_PAGES.items():
         os.environ.setdefault(name, value)
-
-
-def release_free_memory() -> None:
-    """Hand the memory malloc holds free (in every arena) back to the system."""
-    if LIBC is not None:
-        LIBC.malloc_trim(0)

@@ -228,6 +228,22 @@ def test_decoders_in_bfloat16_stay_close_to_float32():
             assert fast.dtype == torch.bfloat16 and rel(fast, exact) < 3e-2
 
 
+def test_vae_decoder_hands_freed_memory_back_before_each_level_in_cpu_inference(monkeypatch):
+    import ldm.vae
+
+    calls = []
+    monkeypatch.setattr(ldm.vae, "release_free_memory", lambda: calls.append("release"))
+    model, _ = random_model(seed=0)
+    vae = model.first_stage_model
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        vae.decode(z)
+    assert len(calls) == len(vae.decoder.up)
+    calls.clear()
+    vae.decode(z.requires_grad_())  # training: the heap is the autograd graph's, left alone
+    assert not calls
+
+
 def test_each_hint_is_encoded_once_per_run_with_the_same_result():
     model, _ = random_model(seed=0)
     net = model.control_model
